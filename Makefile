@@ -1,0 +1,40 @@
+# JUDO Inspect — the two commands a new user needs are `make demo` and `make test`.
+# Everything is bootstrapped: a virtualenv (kept in ~/.cache so clones share it), the
+# Python dependencies, and the Apache Kafka jars (fetched once from Maven Central).
+
+PYTHON   ?= python3
+CACHE    ?= $(HOME)/.cache/judo-inspect
+VENV     ?= $(CACHE)/venv
+PY       := $(VENV)/bin/python
+DEPS_KEY := $(shell sha256sum pyproject.toml | cut -c1-16)
+STAMP    := $(VENV)/.deps-$(DEPS_KEY)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export RAY_AUTH_MODE ?= token
+export RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S ?= 1
+export RAY_USAGE_STATS_ENABLED := 0
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test install kafka-jars clean-kafka help
+
+help:
+	@echo "make demo   # bootstrap everything and run the main job end to end"
+	@echo "make test   # bootstrap everything and run the test suite"
+
+$(STAMP): pyproject.toml
+	bash scripts/bootstrap.sh "$(PYTHON)" "$(VENV)" "$(STAMP)"
+
+install: $(STAMP)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+
+kafka-jars: install
+	$(PY) -m pipelines.cli kafka fetch >/dev/null
+
+demo: kafka-jars
+	$(VENV)/bin/judo demo
+
+test: kafka-jars
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+clean-kafka:
+	-$(VENV)/bin/judo kafka down

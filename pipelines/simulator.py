@@ -1,0 +1,108 @@
+"""Camera simulator: plays synthetic camera frames into Kafka, ground truth kept beside them.
+
+Each (line, camera, product) is a deterministic :class:`~judo_model.data.stream.FrameStream`;
+frames are encoded as the camera would send them, published with a ``traceparent``
+header that starts the frame's trace, and their ground truth is appended to a
+JSON-lines file so verdicts can be scored afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from cluster.kafka import KafkaSettings
+from cluster.messages import Frame, frame_to_record, utc_now
+from cluster.telemetry import inject_headers, tracer
+from judo_model.data.stream import FrameStream
+from judo_model.imaging import encode_png
+
+
+@dataclass(frozen=True)
+class CameraSpec:
+    line_id: str
+    camera_id: str
+    product: str
+
+
+def plant_cameras(lines: int, cameras_per_line: int, products: list[str]) -> list[CameraSpec]:
+    """A small plant: line ``i`` makes ``products[i % len(products)]``, watched by N cameras."""
+    return [
+        CameraSpec(f"line{i + 1}", f"line{i + 1}-cam{j + 1}", products[i % len(products)])
+        for i in range(lines)
+        for j in range(cameras_per_line)
+    ]
+
+
+@dataclass
+class SimulatedFrame:
+    frame: Frame
+    is_defective: bool
+    defect_type: str | None
+    bbox: tuple[float, float, float, float] | None
+
+    def truth(self) -> dict:
+        return {
+            "frame_id": self.frame.frame_id, "line_id": self.frame.line_id,
+            "camera_id": self.frame.camera_id, "product": self.frame.product,
+            "is_defective": self.is_defective, "defect_type": self.defect_type,
+            "bbox": list(self.bbox) if self.bbox else None,
+        }
+
+
+class CameraSimulator:
+    """Round-robin over the cameras, rendering frame ``i`` of each stream in turn."""
+
+    def __init__(self, cameras: list[CameraSpec], *, defect_rate: float, seed: int = 0,
+                 size: int = 256, run_id: str | None = None) -> None:
+        self.cameras = cameras
+        self.run_id = run_id or time.strftime("%Y%m%dT%H%M%S")
+        self.streams = [
+            FrameStream(c.line_id, c.camera_id, c.product, defect_rate=defect_rate, seed=seed, size=size)
+            for c in cameras
+        ]
+
+    def frames(self, count: int) -> Iterator[SimulatedFrame]:
+        for i in range(count):
+            camera = self.cameras[i % len(self.cameras)]
+            stream = self.streams[i % len(self.streams)]
+            rendered = stream.frame(i // len(self.streams))
+            image = encode_png(rendered.image)
+            frame = Frame(
+                frame_id=f"{self.run_id}-{camera.camera_id}-{rendered.index:06d}",
+                camera_id=camera.camera_id, line_id=camera.line_id, product=camera.product,
+                captured_at=utc_now(), encoding="png",
+                width=rendered.image.shape[1], height=rendered.image.shape[0], image=image,
+            )
+            yield SimulatedFrame(frame, rendered.is_defective, rendered.defect_type, rendered.bbox)
+
+    def publish(self, settings: KafkaSettings, topic: str, count: int, *, fps: float | None = None,
+                truth_path: str | Path | None = None) -> list[SimulatedFrame]:
+        """Publish ``count`` frames (paced at ``fps`` overall when given); return what was sent."""
+        producer = settings.producer()
+        sent: list[SimulatedFrame] = []
+        truth_file = open(truth_path, "a") if truth_path else None
+        started = time.monotonic()
+        try:
+            for n, item in enumerate(self.frames(count)):
+                if fps:
+                    delay = started + n / fps - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                with tracer().start_as_current_span("camera.capture") as span:
+                    span.set_attribute("frame_id", item.frame.frame_id)
+                    span.set_attribute("product", item.frame.product)
+                    record = frame_to_record(item.frame, inject_headers())
+                producer.send(topic, key=record.key, value=record.value, headers=record.headers)
+                if truth_file:
+                    truth_file.write(json.dumps(item.truth()) + "\n")
+                sent.append(item)
+            producer.flush(timeout=120)
+        finally:
+            producer.close()
+            if truth_file:
+                truth_file.close()
+        return sent

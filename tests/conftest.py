@@ -1,0 +1,29 @@
+"""Shared fixtures: a real Kafka broker, started once per test session and stopped after."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+logging.getLogger("kafka").setLevel(logging.WARNING)
+
+
+@pytest.fixture(scope="session")
+def kafka():
+    """One real single-broker KRaft cluster for the whole session."""
+    from cluster.kafka import LocalKafka
+
+    with LocalKafka(brokers=1) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def topic_name():
+    """A fresh topic name per test so tests never read each other's records."""
+    return f"t-{uuid.uuid4().hex[:10]}"
