@@ -1,0 +1,118 @@
+"""``judo data ...`` and ``judo eval ...``: the data and evaluation subcommands.
+
+``pipelines/cli.py`` calls :func:`register`. Each command group is one function in
+:data:`REGISTRARS`; another area (e.g. training) adds its group by appending its
+own ``register_x(subparsers)`` there.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Callable
+
+from tqdm import tqdm
+
+Registrar = Callable[[argparse._SubParsersAction], None]
+#: Columns used when output is piped or captured, so the 14-column table is not squeezed.
+WIDE_CONSOLE = 220
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from judo_model.data.synth.writer import generate_dataset, split_counts
+
+    heldout = None if args.heldout is None else [c for c in args.heldout if c != "none"]
+    manifest = generate_dataset(args.out, seed=args.seed, categories=args.categories,
+                                images_per_category=args.images_per_category, size=args.size, heldout=heldout,
+                                workers=args.workers,
+                                progress=lambda jobs, total: tqdm(jobs, total=total, desc="rendering", unit="img"))
+    print(f"wrote {len(manifest.images)} images of {len(manifest.categories)} categories to {args.out} "
+          f"(per category and split: {split_counts(args.images_per_category)}; "
+          f"held out: {', '.join(manifest.heldout) or 'none'})")
+    return 0
+
+
+def _run_contact_sheet(args: argparse.Namespace) -> int:
+    from judo_model.data.contact_sheet import draw_contact_sheet
+
+    path = draw_contact_sheet(args.out, seed=args.seed, size=args.size)
+    print(f"wrote {path}")
+    return 0
+
+
+def _run_eval_mmad(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from judo_model.mmad.answerers import load_answerer
+    from judo_model.mmad.evaluate import evaluate, render_table, write_result
+    from judo_model.mmad.format import MMADDataset
+
+    dataset = MMADDataset(args.data, args.questions)
+    answerer = load_answerer(args.model, seed=args.seed)
+    result = evaluate(dataset, answerer, shots=args.shots, use_domain_knowledge=args.domain_knowledge,
+                      limit=args.limit, similar_templates=args.similar_templates,
+                      progress=lambda items: tqdm(items, desc=f"MMAD {answerer.name}", unit="img"))
+    answers_path, csv_path, grounding_path = write_result(result, args.out)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=WIDE_CONSOLE)
+    console.print(render_table(result.table, f"MMAD accuracy: {answerer.name}, {args.shots}-shot"))
+    if result.table.dropped:
+        console.print(f"dropped {len(result.table.dropped)} rows without a valid letter "
+                      f"(and skipped {len(result.table.skipped)} after them, as MMAD does)")
+    if grounding_path is not None:
+        g = result.grounding
+        console.print(f"grounding on {g.images} images: mean IoU {g.mean_iou}, pixel AUROC {g.pixel_auroc}")
+    console.print(f"answers: {answers_path}\ntable: {csv_path}")
+    return 0
+
+
+def _command_group(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> argparse._SubParsersAction:
+    """``judo <name> <command>``: a parser whose own subcommand is required."""
+    group = subparsers.add_parser(name, help=help_text)
+    commands = group.add_subparsers(dest=f"{name}_command", metavar=f"{name.upper()}_COMMAND")
+    commands.required = True
+    return commands
+
+
+def register_data(subparsers: argparse._SubParsersAction) -> None:
+    commands = _command_group(subparsers, "data", "synthetic industrial data")
+    synth = commands.add_parser("synth", help="render an MMAD + MVTec-style synthetic dataset")
+    synth.add_argument("--out", type=Path, required=True, help="output folder")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--categories", nargs="+", help="subset of categories (default: all)")
+    synth.add_argument("--images-per-category", type=int, default=100,
+                       help="images per category over train/val/test, half of each split defective")
+    synth.add_argument("--size", type=int, default=256, help="image side in pixels")
+    synth.add_argument("--heldout", nargs="+", help="held-out categories ('none' for none; default: leather washer)")
+    synth.add_argument("--workers", type=int, default=None, help="render processes (default: all cores)")
+    synth.set_defaults(func=_run_synth)
+    sheet = commands.add_parser("contact-sheet", help="draw normal / defect / mask for every category")
+    sheet.add_argument("--out", type=Path, default=Path("docs/contact_sheet.png"))
+    sheet.add_argument("--seed", type=int, default=0)
+    sheet.add_argument("--size", type=int, default=192)
+    sheet.set_defaults(func=_run_contact_sheet)
+
+
+def register_eval(subparsers: argparse._SubParsersAction) -> None:
+    commands = _command_group(subparsers, "eval", "benchmarks")
+    mmad = commands.add_parser("mmad", help="answer and score an MMAD-format folder exactly as MMAD does")
+    mmad.add_argument("--data", type=Path, required=True, help="MMAD-format folder")
+    mmad.add_argument("--questions", default="mmad.json", help="question file inside --data")
+    mmad.add_argument("--model", required=True, help="checkpoint path or baseline:random")
+    mmad.add_argument("--shots", type=int, default=1, help="normal templates shown with each query")
+    mmad.add_argument("--similar-templates", action="store_true", help="use similar instead of random templates")
+    mmad.add_argument("--domain-knowledge", action="store_true", help="add the category's expert text")
+    mmad.add_argument("--limit", type=int, default=None, help="only the first N images")
+    mmad.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
+    mmad.add_argument("--out", type=Path, required=True, help="answers file; the table goes to *_accuracy.csv")
+    mmad.set_defaults(func=_run_eval_mmad)
+
+
+#: Command groups this module contributes; other areas append their own registrar.
+REGISTRARS: list[Registrar] = [register_data, register_eval]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    for registrar in REGISTRARS:
+        registrar(subparsers)
