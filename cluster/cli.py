@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from cluster.kafka import KAFKA_VERSION, KafkaError, ensure_kafka_jars, kafka_attach, kafka_down, kafka_up
 
@@ -25,6 +26,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     status = actions.add_parser("status", help="show the local cluster's brokers")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=_status)
+
+    traces = subparsers.add_parser("traces", help="read trace files written by the pipeline")
+    trace_actions = traces.add_subparsers(dest="traces_command", metavar="ACTION")
+    trace_actions.required = True
+    summarize = trace_actions.add_parser("summarize", help="per-stage latency percentiles of a JSON-lines trace file")
+    summarize.add_argument("file", type=Path)
+    summarize.add_argument("--json", action="store_true", help="machine-readable output")
+    summarize.set_defaults(func=_summarize_traces)
 
     fetch = actions.add_parser("fetch", help="download the Kafka jars from Maven Central (once)")
     fetch.add_argument("--version", default=KAFKA_VERSION)
@@ -73,4 +82,28 @@ def _status(args: argparse.Namespace) -> int:
 
 def _fetch(args: argparse.Namespace) -> int:
     print(ensure_kafka_jars(args.version, quiet=False))
+    return 0
+
+
+def _summarize_traces(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from cluster.telemetry import read_spans, summarize_spans
+
+    if not args.file.exists():
+        print(f"error: {args.file} does not exist", file=sys.stderr)
+        return 1
+    spans = read_spans(args.file)
+    summary = summarize_spans(spans)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    traces = len({s["trace_id"] for s in spans})
+    table = Table(title=f"{args.file}: {len(spans)} spans in {traces} traces")
+    for column in ("stage", "count", "p50 ms", "p90 ms", "p99 ms", "max ms"):
+        table.add_column(column, justify="right" if column != "stage" else "left")
+    for name, row in summary.items():
+        table.add_row(name, str(row["count"]), *(f"{row[k]:.1f}" for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")))
+    Console().print(table)
     return 0

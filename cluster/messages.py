@@ -250,6 +250,13 @@ class Box(_Strict):
         return cls(x1=coords[0], y1=coords[1], x2=coords[2], y2=coords[3])
 
 
+def canonical_defect_type(name: str | None) -> str | None:
+    """``"Missing Component"`` -> ``"missing_component"``: the machine-readable type verdicts carry."""
+    if not name:
+        return None
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or None
+
+
 class Defect(_Strict):
     type: str | None = None
     boxes: list[Box] = Field(default_factory=list)

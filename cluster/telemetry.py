@@ -196,3 +196,39 @@ def trace_id_hex(context: otel_context.Context | None = None) -> str:
     span = trace.get_current_span(context)
     ctx = span.get_span_context()
     return format(ctx.trace_id, "032x") if ctx.is_valid else ""
+
+
+# --------------------------------------------------------------------------- reading trace files
+
+
+def read_spans(path: str | Path) -> list[dict]:
+    """Spans from a JSON-lines trace file; unreadable lines are skipped (a crash may cut the last one)."""
+    spans = []
+    with open(path) as handle:
+        for line in handle:
+            try:
+                spans.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return spans
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (0 for no values)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, int(-(-q / 100 * len(ordered) // 1)) - 1))
+    return float(ordered[rank])
+
+
+def summarize_spans(spans: Sequence[dict]) -> dict[str, dict[str, float]]:
+    """Per span name: count and p50/p90/p99/max duration in milliseconds."""
+    by_name: dict[str, list[float]] = {}
+    for span in spans:
+        by_name.setdefault(span["name"], []).append(float(span["duration_ms"]))
+    return {
+        name: {"count": len(v), "p50_ms": percentile(v, 50), "p90_ms": percentile(v, 90),
+               "p99_ms": percentile(v, 99), "max_ms": max(v)}
+        for name, v in sorted(by_name.items())
+    }

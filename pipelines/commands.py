@@ -1,122 +1,134 @@
-"""Pipeline subcommands of ``judo``: ``demo`` (and, as the pipeline grows, ``run`` and ``simulate``)."""
+"""Pipeline subcommands of ``judo``: ``demo``, ``run`` and ``simulate``."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import threading
 import time
-from collections import Counter, defaultdict
 from pathlib import Path
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from cluster.kafka import LocalKafka, TopicSpec
-from cluster.messages import MessageValidationError, frame_from_record
-from cluster.telemetry import extract_context, setup_tracing, shutdown_tracing, tracer
-from judo_model.imaging import ImageDecodeError, decode_image
-from pipelines.simulator import CameraSimulator, plant_cameras
+from cluster.telemetry import percentile, setup_tracing, shutdown_tracing
+from pipelines.simulator import CameraSimulator, CameraSpec
 
-DEMO_PRODUCTS = ["bottle", "hex_nut", "pcb"]
+
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "judo-tiny"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     demo = subparsers.add_parser(
-        "demo", help="run the embedded stack end to end: local Kafka, simulated cameras, live summary")
-    demo.add_argument("--frames", type=int, default=300, help="frames to simulate over all cameras")
-    demo.add_argument("--fps", type=float, default=10.0, help="overall camera frame rate")
+        "demo", help="the whole system on this machine: local Kafka and Ray, prefilter, JUDO, live summary, gallery")
+    demo.add_argument("--seconds", type=float, default=60.0, help="how long the cameras run")
+    demo.add_argument("--fps", type=float, default=6.0, help="overall camera frame rate")
     demo.add_argument("--defect-rate", type=float, default=0.1)
     demo.add_argument("--lines", type=int, default=3)
     demo.add_argument("--cameras-per-line", type=int, default=2)
-    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="where traces and ground truth go")
-    demo.set_defaults(func=run_demo)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--checkpoint", type=Path, default=SHIPPED_CHECKPOINT)
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="gallery, traces, ground truth, summary")
+    demo.set_defaults(func=_demo)
+    register_pipeline_commands(subparsers)
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    """Start Kafka, stream simulated camera frames through it and show what arrives, live."""
+def _demo(args: argparse.Namespace) -> int:
+    from pipelines.demo import run_full_demo
+
+    return run_full_demo(args)
+
+
+def register_pipeline_commands(subparsers: argparse._SubParsersAction) -> None:
+    run = subparsers.add_parser("run", help="run the pipeline from a config against any Kafka")
+    run.add_argument("--config", type=Path, required=True)
+    run.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: run until Ctrl-C)")
+    run.set_defaults(func=run_pipeline)
+
+    simulate = subparsers.add_parser("simulate", help="play simulated camera frames into the config's frame topic")
+    simulate.add_argument("--config", type=Path, required=True)
+    simulate.add_argument("--frames", type=int, required=True)
+    simulate.add_argument("--fps", type=float, default=None, help="overall frame rate (default: as fast as possible)")
+    simulate.add_argument("--defect-rate", type=float, default=0.1)
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--truth", type=Path, default=Path("runs/ground_truth.jsonl"),
+                          help="JSON-lines ground truth of every frame sent")
+    simulate.set_defaults(func=run_simulate)
+
+
+def kafka_settings_for(config):
+    """The configured external cluster, or the one started by `judo kafka up` in embedded mode."""
+    from cluster.kafka import kafka_attach
+
+    if config.kafka.mode == "external":
+        return config.kafka.settings
+    local = kafka_attach()
+    if local is None or not local.running_brokers():
+        raise SystemExit("kafka.mode is embedded but no local Kafka runs: start one with `judo kafka up`")
+    return local.settings()
+
+
+def run_pipeline(args: argparse.Namespace) -> int:
+    from pipelines.config import load_config
+    from pipelines.runner import Pipeline
+
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    config = load_config(args.config)
     console = Console()
-    args.out.mkdir(parents=True, exist_ok=True)
-    trace_file = args.out / "traces.jsonl"
-    truth_file = args.out / "ground_truth.jsonl"
-    for stale in (trace_file, truth_file):
-        stale.unlink(missing_ok=True)
-    setup_tracing("judo-demo", trace_file=trace_file)
-    cameras = plant_cameras(args.lines, args.cameras_per_line, DEMO_PRODUCTS)
-    console.print(f"[bold]JUDO Inspect demo[/]: {len(cameras)} cameras on {args.lines} lines, "
-                  f"{args.frames} frames at {args.fps:g} frames/s")
-    kafka = LocalKafka(brokers=1)
-    with console.status("starting Apache Kafka (KRaft)..."):
-        kafka.start()
+    pipeline = Pipeline(config, kafka_settings_for(config))
+    with console.status("starting Ray, the prefilter pool and JUDO on Ray Serve..."):
+        pipeline.start()
+    console.print(f"pipeline running: {config.topics.frames} -> {config.topics.verdicts} (Ctrl-C stops)")
+    started = time.monotonic()
     try:
-        console.print(f"Kafka serving at [cyan]{kafka.bootstrap_servers}[/]")
-        settings = kafka.settings()
-        kafka.create_topics([TopicSpec("frames", partitions=6)])
-        simulator = CameraSimulator(cameras, defect_rate=args.defect_rate)
-        publisher = threading.Thread(
-            target=simulator.publish, args=(settings, "frames", args.frames),
-            kwargs={"fps": args.fps, "truth_path": truth_file}, daemon=True)
-        stats = _ArrivalStats()
-        publisher.start()
-        consumer = settings.consumer("frames", group_id="demo-viewer")
-        deadline = time.monotonic() + args.frames / max(args.fps, 0.1) + 60
-        with Live(stats.table(), console=console, refresh_per_second=4) as live:
-            while stats.total < args.frames and time.monotonic() < deadline:
-                for batch in consumer.poll(timeout_ms=500).values():
-                    for record in batch:
-                        stats.add(record)
-                consumer.commit()
-                live.update(stats.table())
-        consumer.close()
-        publisher.join(timeout=30)
+        with Live(console=console, refresh_per_second=1) as live:
+            while args.duration is None or time.monotonic() - started < args.duration:
+                live.update(summary_table(pipeline.stats(), time.monotonic() - started))
+                time.sleep(1.0)
+    except KeyboardInterrupt:
+        pass
     finally:
-        kafka.stop(remove_data=True)
-        shutdown_tracing()
-    console.print(f"{stats.total} frames arrived, {stats.invalid} rejected; "
-                  f"Kafka latency p50 {stats.percentile(50):.1f} ms, p99 {stats.percentile(99):.1f} ms")
-    console.print(f"traces: {trace_file}   ground truth: {truth_file}")
-    return 0 if stats.total == args.frames and stats.invalid == 0 else 1
+        pipeline.stop()
+    return 0
 
 
-class _ArrivalStats:
-    """What the demo viewer has seen so far, per camera."""
+def run_simulate(args: argparse.Namespace) -> int:
+    from pipelines.config import load_config
 
-    def __init__(self) -> None:
-        self.per_camera: dict[tuple[str, str, str], Counter] = defaultdict(Counter)
-        self.latencies_ms: list[float] = []
-        self.total = 0
-        self.invalid = 0
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    config = load_config(args.config)
+    cameras = [CameraSpec(line.id, camera, line.product) for line in config.lines for camera in line.cameras]
+    args.truth.parent.mkdir(parents=True, exist_ok=True)
+    setup_tracing(f"{config.telemetry.service_name}.cameras",
+                  trace_file=config.telemetry.trace_file)
+    simulator = CameraSimulator(cameras, defect_rate=args.defect_rate, seed=args.seed)
+    sent = simulator.publish(kafka_settings_for(config), config.topics.frames, args.frames, fps=args.fps,
+                             truth_path=args.truth)
+    shutdown_tracing()
+    defective = sum(item.is_defective for item in sent)
+    Console().print(f"sent {len(sent)} frames ({defective} defective) to {config.topics.frames}; "
+                    f"ground truth in {args.truth}")
+    return 0
 
-    def add(self, record) -> None:
-        self.total += 1
-        try:
-            frame = frame_from_record(record.key, record.value, record.headers)
-            image = decode_image(frame.image, frame.encoding)
-        except (MessageValidationError, ImageDecodeError):
-            self.invalid += 1
-            return
-        with tracer().start_as_current_span("demo.view", context=extract_context(record.headers)) as span:
-            span.set_attribute("frame_id", frame.frame_id)
-        key = (frame.line_id, frame.camera_id, frame.product)
-        self.per_camera[key]["frames"] += 1
-        self.per_camera[key]["bytes"] += len(frame.image)
-        self.per_camera[key]["pixels"] = image.shape[0] * image.shape[1]
-        self.latencies_ms.append(max(0.0, time.time() * 1000 - frame.captured_at.timestamp() * 1000))
 
-    def percentile(self, q: float) -> float:
-        if not self.latencies_ms:
-            return 0.0
-        ordered = sorted(self.latencies_ms)
-        return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
-
-    def table(self) -> Table:
-        table = Table(title=f"frames arriving from Kafka: {self.total} (rejected {self.invalid})")
-        for column in ("line", "camera", "product", "frames", "avg KB", "image"):
-            table.add_column(column)
-        for (line, camera, product), counts in sorted(self.per_camera.items()):
-            side = int(counts["pixels"] ** 0.5)
-            table.add_row(line, camera, product, str(counts["frames"]),
-                          f"{counts['bytes'] / max(counts['frames'], 1) / 1024:.1f}", f"{side}x{side}")
-        return table
+def summary_table(stats: dict, elapsed_s: float) -> Table:
+    """The live summary: throughput, routing, verdicts, latency."""
+    verdicts = stats.get("verdicts_prefilter", 0) + stats.get("verdicts_judo", 0)
+    table = Table(title=f"JUDO Inspect — {elapsed_s:.0f} s")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = [
+        ("frames in", stats.get("frames_in", 0)),
+        ("frames/s", f"{stats.get('frames_in', 0) / max(elapsed_s, 1e-6):.1f}"),
+        ("verdicts (prefilter / JUDO)", f"{stats.get('verdicts_prefilter', 0)} / {stats.get('verdicts_judo', 0)}"),
+        ("routed to JUDO", f"{100 * stats.get('verdicts_judo', 0) / max(verdicts, 1):.1f} %"),
+        ("dead letters", stats.get("dead_letters", 0)),
+        ("in flight", stats.get("in_flight", 0)),
+        ("pass latency p50 / p99 ms", f"{percentile(stats.get('latencies_pass_ms', []), 50):.0f} / "
+                                      f"{percentile(stats.get('latencies_pass_ms', []), 99):.0f}"),
+        ("JUDO latency p50 / p99 ms", f"{percentile(stats.get('latencies_judo_ms', []), 50):.0f} / "
+                                      f"{percentile(stats.get('latencies_judo_ms', []), 99):.0f}"),
+    ]
+    for name, value in rows:
+        table.add_row(name, str(value))
+    return table

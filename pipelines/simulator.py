@@ -28,15 +28,6 @@ class CameraSpec:
     product: str
 
 
-def plant_cameras(lines: int, cameras_per_line: int, products: list[str]) -> list[CameraSpec]:
-    """A small plant: line ``i`` makes ``products[i % len(products)]``, watched by N cameras."""
-    return [
-        CameraSpec(f"line{i + 1}", f"line{i + 1}-cam{j + 1}", products[i % len(products)])
-        for i in range(lines)
-        for j in range(cameras_per_line)
-    ]
-
-
 @dataclass
 class SimulatedFrame:
     frame: Frame
@@ -70,7 +61,7 @@ class CameraSimulator:
             camera = self.cameras[i % len(self.cameras)]
             stream = self.streams[i % len(self.streams)]
             rendered = stream.frame(i // len(self.streams))
-            image = encode_png(rendered.image)
+            image = encode_png(rendered.image, compress_level=1)
             frame = Frame(
                 frame_id=f"{self.run_id}-{camera.camera_id}-{rendered.index:06d}",
                 camera_id=camera.camera_id, line_id=camera.line_id, product=camera.product,

@@ -205,16 +205,3 @@ def test_cached_jars_need_no_network_or_maven(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     assert ensure_kafka_jars() == libs
     assert any(libs.glob("kafka_2.13-*.jar"))
-
-
-def test_demo_streams_simulated_frames_through_kafka(tmp_path):
-    from pipelines.cli import main
-
-    assert main(["demo", "--frames", "12", "--fps", "50", "--out", str(tmp_path)]) == 0
-    truth = [json.loads(line) for line in (tmp_path / "ground_truth.jsonl").read_text().splitlines()]
-    assert len(truth) == 12
-    assert {t["line_id"] for t in truth} == {"line1", "line2", "line3"}
-    spans = [json.loads(line) for line in (tmp_path / "traces.jsonl").read_text().splitlines()]
-    captured = {s["trace_id"] for s in spans if s["name"] == "camera.capture"}
-    viewed = {s["trace_id"] for s in spans if s["name"] == "demo.view"}
-    assert len(captured) == 12 and viewed == captured

@@ -75,12 +75,14 @@ def render_sample(category: str, defect: str | None, seed: Seed, size: int = 256
     seed = tuple(int(s) for s in seed)
     mask = None
     for attempt in range(MAX_ATTEMPTS):
-        painting = product.draw(_rng(seed, 0), _rng(seed, 1, attempt), size, defect)
+        # a pose can hide the defect's site (a screw head at the border): later attempts move the part too
+        pose_stream = (0,) if attempt < MAX_ATTEMPTS // 2 else (0, attempt)
+        painting = product.draw(_rng(seed, *pose_stream), _rng(seed, 1, attempt), size, defect)
         if defect is None:
             break
         mask = painting.mask
         if mask is None:
-            twin = product.draw(_rng(seed, 0), _rng(seed, 1, attempt), size, None)
+            twin = product.draw(_rng(seed, *pose_stream), _rng(seed, 1, attempt), size, None)
             changed = np.abs(painting.rgb - twin.rgb).max(axis=2) > STRUCTURAL_DIFF_THRESHOLD
             mask = dilate(changed, 1)
         if mask.sum() >= MIN_DEFECT_FRACTION * size * size:

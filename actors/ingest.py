@@ -1,0 +1,171 @@
+"""Ingest: turn Kafka records into validated, decoded frames — or dead letters with a reason.
+
+Plain-Python core: :class:`FrameDecoder` (validation and decoding) and
+:class:`OffsetTracker` (which offsets may be committed: only those whose verdict
+or dead letter is durable, as a contiguous prefix per partition). The Ray actor
+that owns the consumer and drives each frame through the pipeline is in
+:mod:`pipelines.driver`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+
+from cluster.messages import DeadLetter, Frame, MessageValidationError, dead_letter_for, frame_from_record
+from cluster.telemetry import context_to_carrier, extract_context, tracer
+from judo_model.imaging import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+
+
+@dataclass(frozen=True)
+class RecordPosition:
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass
+class RawRecord:
+    """The parts of a consumed Kafka record we use (a plain object so it crosses Ray calls)."""
+
+    position: RecordPosition
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+    @classmethod
+    def from_consumer_record(cls, record) -> "RawRecord":
+        return cls(RecordPosition(record.topic, record.partition, record.offset),
+                   record.key, record.value, list(record.headers or []))
+
+
+@dataclass
+class DecodedFrame:
+    """A validated frame with its pixels, where it came from, and its trace context."""
+
+    frame: Frame
+    image: np.ndarray
+    position: RecordPosition
+    trace: dict[str, str]
+    received_at: float = field(default_factory=time.time)
+    latency_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Rejected:
+    """A record that became a dead letter."""
+
+    letter: DeadLetter
+    position: RecordPosition
+    trace: dict[str, str]
+
+
+class FrameDecoder:
+    """Validates records against the frame schema and decodes their images.
+
+    Every failure — schema, headers, key, encoding, size, pixel cap, unknown product,
+    declared size that differs from the pixels — becomes a :class:`Rejected` carrying
+    the whole original record, never an exception.
+    """
+
+    def __init__(self, known_products: Iterable[str] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.known_products = set(known_products) if known_products is not None else None
+        self.max_pixels = max_pixels
+
+    def decode(self, record: RawRecord) -> DecodedFrame | Rejected:
+        started = time.perf_counter()
+        context = extract_context(record.headers)
+        with tracer().start_as_current_span("ingest", context=context) as span:
+            span.set_attribute("kafka.partition", record.position.partition)
+            span.set_attribute("kafka.offset", record.position.offset)
+            try:
+                frame = frame_from_record(record.key, record.value, record.headers)
+                span.set_attribute("frame_id", frame.frame_id)
+                span.set_attribute("product", frame.product)
+                if self.known_products is not None and frame.product not in self.known_products:
+                    raise MessageValidationError(
+                        f"unknown product {frame.product!r}; this pipeline inspects {sorted(self.known_products)}")
+                image = decode_image(frame.image, frame.encoding, width=frame.width, height=frame.height,
+                                     max_pixels=self.max_pixels)
+                if image.shape[:2] != (frame.height, frame.width):
+                    raise MessageValidationError(
+                        f"declared size {frame.width}x{frame.height} but the image is "
+                        f"{image.shape[1]}x{image.shape[0]}")
+            except (MessageValidationError, ImageDecodeError) as exc:
+                span.set_attribute("dead_letter.reason", str(exc)[:500])
+                letter = dead_letter_for(
+                    "ingest", exc, topic=record.position.topic, partition=record.position.partition,
+                    offset=record.position.offset, key=record.key, value=record.value, headers=record.headers)
+                return Rejected(letter, record.position, context_to_carrier())
+            carrier = context_to_carrier()
+        decoded = DecodedFrame(frame, image, record.position, carrier)
+        decoded.latency_ms["ingest"] = (time.perf_counter() - started) * 1000
+        return decoded
+
+
+class OffsetTracker:
+    """Commit-after-durable bookkeeping for at-least-once delivery.
+
+    Offsets are registered when consumed and marked done when their result is
+    durable; :meth:`committable` returns, per partition, the next offset to commit:
+    one past the longest prefix of done offsets. A frame finished out of order never
+    lets an earlier, unfinished frame be skipped.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[tuple[str, int], dict[int, bool]] = {}
+        self._committed: dict[tuple[str, int], int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, position: RecordPosition) -> None:
+        with self._lock:
+            self._pending.setdefault((position.topic, position.partition), {})[position.offset] = False
+
+    def done(self, position: RecordPosition) -> None:
+        with self._lock:
+            offsets = self._pending.get((position.topic, position.partition))
+            if offsets is not None and position.offset in offsets:
+                offsets[position.offset] = True
+
+    def is_done(self, position: RecordPosition) -> bool:
+        """True once marked done (or already committed past)."""
+        with self._lock:
+            tp = (position.topic, position.partition)
+            offsets = self._pending.get(tp, {})
+            if position.offset in offsets:
+                return offsets[position.offset]
+            return position.offset < self._committed.get(tp, 0)
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return sum(1 for offsets in self._pending.values() for finished in offsets.values() if not finished)
+
+    def committable(self) -> dict[tuple[str, int], int]:
+        """Advance each partition past its done prefix; return the offsets to commit now."""
+        with self._lock:
+            return self._advance()
+
+    def _advance(self) -> dict[tuple[str, int], int]:
+        result = {}
+        for tp, offsets in self._pending.items():
+            next_offset = None
+            for offset in sorted(offsets):
+                if not offsets[offset]:
+                    break
+                next_offset = offset + 1
+                del offsets[offset]
+            if next_offset is not None and next_offset > self._committed.get(tp, -1):
+                self._committed[tp] = next_offset
+                result[tp] = next_offset
+        return result
+
+    def forget(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """Drop partitions taken away by a rebalance; their frames will be redelivered elsewhere."""
+        with self._lock:
+            for tp in partitions:
+                self._pending.pop(tp, None)
+                self._committed.pop(tp, None)

@@ -1,0 +1,198 @@
+"""The one pipeline configuration: plant, Kafka, topics, prefilter, JUDO serving, telemetry.
+
+Loaded from YAML and validated with pydantic; errors name the offending key, e.g.
+``judo.replicas.max: must be >= judo.replicas.min (got 0 < 1)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cluster.kafka import KafkaSettings
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing, not YAML, or does not validate; the message says where."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KafkaSection(_Section):
+    """``embedded`` starts a local broker; anything else is an external cluster."""
+
+    mode: Literal["embedded", "external"] = "embedded"
+    brokers: int = Field(1, ge=1, le=5, description="embedded brokers")
+    settings: KafkaSettings | None = None
+
+    @model_validator(mode="after")
+    def _external_needs_servers(self) -> "KafkaSection":
+        if self.mode == "external" and self.settings is None:
+            raise ValueError("kafka.settings (bootstrap_servers, security) is required when kafka.mode is external")
+        return self
+
+
+class TopicsSection(_Section):
+    frames: str = "frames"
+    verdicts: str = "verdicts"
+    dead_letters: str = "frames.dead-letters"
+    feedback: str = "verdicts.feedback"
+    partitions: int = Field(6, ge=1)
+    replication_factor: int = Field(1, ge=1)
+
+
+class LineSection(_Section):
+    id: str
+    product: str
+    cameras: list[str] = Field(min_length=1)
+
+
+class ProductSection(_Section):
+    """Where a product's prefilter bank lives, and an optional threshold override."""
+
+    bank: Path
+    threshold: float | None = Field(None, description="overrides the bank's calibrated threshold")
+
+
+class PrefilterSection(_Section):
+    actors: int = Field(1, ge=1)
+    batch_size: int = Field(8, ge=1)
+    threads_per_actor: int = Field(1, ge=1)
+    references_k: int = Field(1, ge=1, le=8)
+
+
+class IngestSection(_Section):
+    actors: int = Field(1, ge=1)
+    group_id: str = "judo-inspect"
+    max_in_flight: int = Field(64, ge=1, description="frames in flight per ingest actor before its partitions pause")
+    poll_timeout_ms: int = Field(200, ge=10)
+    max_poll_records: int = Field(32, ge=1)
+    judo_retries: int = Field(3, ge=0)
+
+
+class ReplicasSection(_Section):
+    min: int = Field(1, ge=0)
+    max: int = Field(1, ge=1)
+    initial: int | None = None
+    target_ongoing_requests: float = Field(2.0, gt=0)
+    upscale_delay_s: float = Field(10.0, ge=0)
+    downscale_delay_s: float = Field(60.0, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "ReplicasSection":
+        if self.max < self.min:
+            raise ValueError(f"max must be >= min (got {self.max} < {self.min})")
+        return self
+
+
+class VllmSection(_Section):
+    max_model_len: int = 4096
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    max_pixels_per_image: int = 448 * 448
+    limit_images_per_prompt: int = Field(3, ge=2)
+    enable_prefix_caching: bool = False
+
+
+class HttpSection(_Section):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8000
+    bearer_token: str | None = None
+
+
+class JudoSection(_Section):
+    checkpoint: Path
+    engine: Literal["transformers", "vllm"] = "transformers"
+    device: str = "cpu"
+    max_new_tokens: int = Field(128, ge=8)
+    max_batch_size: int = Field(4, ge=1)
+    batch_wait_timeout_s: float = Field(0.05, ge=0)
+    replicas: ReplicasSection = ReplicasSection()
+    max_queued_requests: int = Field(64, ge=1)
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    accelerator_type: str | None = None
+    resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources, e.g. judo_gpu: 1")
+    request_timeout_s: float = Field(60.0, gt=0)
+    torch_threads: int = Field(1, ge=1)
+    vllm: VllmSection = VllmSection()
+    http: HttpSection = HttpSection()
+
+    @model_validator(mode="after")
+    def _engine_device(self) -> "JudoSection":
+        if self.engine == "vllm" and self.num_gpus <= 0:
+            raise ValueError("engine vllm needs num_gpus > 0 (vLLM runs on GPUs; use transformers on CPU)")
+        return self
+
+
+class TelemetrySection(_Section):
+    service_name: str = "judo-inspect"
+    trace_file: Path | None = Path("runs/traces.jsonl")
+
+
+class RaySection(_Section):
+    address: str | None = Field(None, description="None starts a local Ray; 'auto' joins a running cluster")
+    num_cpus: int | None = None
+
+
+class PipelineConfig(_Section):
+    kafka: KafkaSection = KafkaSection()
+    topics: TopicsSection = TopicsSection()
+    lines: list[LineSection] = Field(min_length=1)
+    products: dict[str, ProductSection]
+    prefilter: PrefilterSection = PrefilterSection()
+    ingest: IngestSection = IngestSection()
+    judo: JudoSection
+    telemetry: TelemetrySection = TelemetrySection()
+    ray: RaySection = RaySection()
+
+    @model_validator(mode="after")
+    def _lines_use_known_products(self) -> "PipelineConfig":
+        for line in self.lines:
+            if line.product not in self.products:
+                raise ValueError(
+                    f"line {line.id!r} makes product {line.product!r}, which has no entry under products "
+                    f"(known: {sorted(self.products)})")
+        cameras = [c for line in self.lines for c in line.cameras]
+        if len(cameras) != len(set(cameras)):
+            raise ValueError("camera ids must be unique across lines")
+        return self
+
+    def resolve_paths(self, base: Path) -> "PipelineConfig":
+        """Make relative paths relative to the config file's folder."""
+        def fix(path: Path | None) -> Path | None:
+            return None if path is None or path.is_absolute() else base / path
+
+        products = {name: p.model_copy(update={"bank": fix(p.bank)}) for name, p in self.products.items()}
+        judo = self.judo.model_copy(update={"checkpoint": fix(self.judo.checkpoint) or self.judo.checkpoint})
+        telemetry = self.telemetry.model_copy(update={"trace_file": fix(self.telemetry.trace_file)})
+        return self.model_copy(update={"products": products, "judo": judo, "telemetry": telemetry})
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    return parse_config(raw, source=str(path)).resolve_paths(path.resolve().parent)
+
+
+def parse_config(raw: object, source: str = "config") -> PipelineConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, got {type(raw).__name__}")
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ())) or "(top level)"
+            lines.append(f"  {where}: {err.get('msg')}")
+        raise ConfigError(f"{source} is invalid:\n" + "\n".join(lines)) from None

@@ -1,0 +1,314 @@
+"""The frame driver: one Kafka consumer-group member that walks each frame through the stages.
+
+For every polled record: decode and validate (:mod:`actors.ingest`) → score on the prefilter
+pool (:mod:`actors.prefilter`) → route (:mod:`actors.routing`) → for suspect frames, retrieve
+normal references (:mod:`actors.references`) and ask a JUDO replica on Ray Serve
+(:mod:`pipelines.serve_app`) → write the verdict or dead letter durably (:mod:`actors.sink`)
+→ only then mark the offset done; committed offsets never pass an unfinished frame.
+
+Backpressure: with ``max_in_flight`` frames unfinished, the consumer pauses its partitions
+(no dropping, no unbounded buffer) and resumes as frames finish. The consumer is touched
+from one thread only (kafka-python clients are not thread-safe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from cluster.kafka import KafkaSettings
+from cluster.messages import DeadLetter, Verdict, dead_letter_for, frame_to_record
+from cluster.telemetry import context_from_carrier, setup_tracing, trace_id_hex, tracer
+from actors.ingest import DecodedFrame, FrameDecoder, OffsetTracker, RawRecord, Rejected
+from actors.routing import Router, prefilter_verdict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DriverStats:
+    """Counters the live summary and the benchmarks read."""
+
+    frames_in: int = 0
+    verdicts_prefilter: int = 0
+    verdicts_judo: int = 0
+    dead_letters: int = 0
+    judo_retries: int = 0
+    paused_polls: int = 0
+    commits: int = 0
+    latencies_pass_ms: deque = field(default_factory=lambda: deque(maxlen=5000))
+    latencies_judo_ms: deque = field(default_factory=lambda: deque(maxlen=5000))
+
+    def as_dict(self) -> dict:
+        return {
+            "frames_in": self.frames_in, "verdicts_prefilter": self.verdicts_prefilter,
+            "verdicts_judo": self.verdicts_judo, "dead_letters": self.dead_letters,
+            "judo_retries": self.judo_retries, "paused_polls": self.paused_polls, "commits": self.commits,
+            "latencies_pass_ms": list(self.latencies_pass_ms), "latencies_judo_ms": list(self.latencies_judo_ms),
+        }
+
+
+class FrameDriver:
+    """Plain-Python driver; :func:`driver_actor_class` runs it as an async Ray actor."""
+
+    def __init__(self, config: dict, handles: dict, model_version: str = "prefilter"):
+        from pipelines.config import PipelineConfig
+
+        self.config = PipelineConfig.model_validate(config)
+        cfg = self.config
+        setup_tracing(f"{cfg.telemetry.service_name}.driver",
+                      trace_file=str(cfg.telemetry.trace_file) if cfg.telemetry.trace_file else None)
+        self.settings = KafkaSettings.model_validate(handles["kafka_settings"])
+        self.prefilter_pool = list(handles["prefilter"])
+        self.references = handles["references"]
+        self.judo = handles["judo"]
+        self.sink = handles["sink"]
+        self.router = Router(handles["thresholds"])
+        self.decoder = FrameDecoder(known_products=cfg.products.keys())
+        self.offsets = OffsetTracker()
+        self.stats = DriverStats()
+        self.prefilter_version = model_version
+        self._consumer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-consumer")
+        self._consumer = None
+        self._running = False
+        self._tasks: set[asyncio.Task] = set()
+        self._next_prefilter = 0
+
+    # ------------------------------------------------------------------ consumer (one thread)
+    def _open_consumer(self) -> None:
+        from kafka import ConsumerRebalanceListener
+
+        driver = self
+
+        class Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked):
+                driver._commit_ready()
+                driver.offsets.forget((tp.topic, tp.partition) for tp in revoked)
+
+            def on_partitions_assigned(self, assigned):
+                pass
+
+        ingest = self.config.ingest
+        self._consumer = self.settings.consumer(group_id=ingest.group_id, max_poll_records=ingest.max_poll_records)
+        self._consumer.subscribe([self.config.topics.frames], listener=Listener())
+
+    def _poll(self) -> list[RawRecord]:
+        consumer = self._consumer
+        if self.offsets.in_flight() >= self.config.ingest.max_in_flight:
+            consumer.pause(*consumer.assignment())
+            self.stats.paused_polls += 1
+        elif consumer.paused():
+            consumer.resume(*consumer.paused())
+        batches = consumer.poll(timeout_ms=self.config.ingest.poll_timeout_ms)
+        records = [RawRecord.from_consumer_record(r) for batch in batches.values() for r in batch]
+        for record in records:
+            self.offsets.add(record.position)
+        self._commit_ready()
+        return records
+
+    def _commit_ready(self) -> None:
+        from kafka import OffsetAndMetadata, TopicPartition
+
+        ready = self.offsets.committable()
+        if ready:
+            self._consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in ready.items()})
+            self.stats.commits += 1
+
+    # ------------------------------------------------------------------ main loop
+    async def run(self) -> dict:
+        """Consume until :meth:`stop`; returns the final stats."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._consumer_thread, self._open_consumer)
+        self._running = True
+        while self._running:
+            records = await loop.run_in_executor(self._consumer_thread, self._poll)
+            if not records:
+                continue
+            self.stats.frames_in += len(records)
+            batch_size = self.config.prefilter.batch_size
+            for start in range(0, len(records), batch_size):
+                task = asyncio.create_task(self._process_safely(records[start:start + batch_size]))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await loop.run_in_executor(self._consumer_thread, self._close_consumer)
+        return self.stats.as_dict()
+
+    def _close_consumer(self) -> None:
+        self._commit_ready()
+        self._consumer.close()
+
+    async def stop(self) -> None:
+        self._running = False
+
+    def get_stats(self) -> dict:
+        return {**self.stats.as_dict(), "in_flight": self.offsets.in_flight()}
+
+    # ------------------------------------------------------------------ one micro-batch
+    async def _process_safely(self, records: list[RawRecord]) -> None:
+        """Any unexpected failure turns the batch's unfinished records into dead letters: no stuck partition."""
+        try:
+            await self._process(records)
+        except Exception as exc:
+            log.exception("batch failed; dead-lettering its unfinished records")
+            unfinished = [r for r in records if not self.offsets.is_done(r.position)]
+            letters = [(dead_letter_for("prefilter", exc, topic=r.position.topic, partition=r.position.partition,
+                                        offset=r.position.offset, key=r.key, value=r.value, headers=r.headers), {})
+                       for r in unfinished]
+            await self._write([], letters)
+            self.stats.dead_letters += len(letters)
+            for record in unfinished:
+                self.offsets.done(record.position)
+
+    async def _process(self, records: list[RawRecord]) -> None:
+        """Pass-path verdicts are written as soon as they are routed; suspect frames finish on their own."""
+        decoded: list[DecodedFrame] = []
+        rejected: list[Rejected] = []
+        for record in records:
+            outcome = self.decoder.decode(record)
+            (decoded if isinstance(outcome, DecodedFrame) else rejected).append(outcome)
+        passed: list[tuple[Verdict, dict]] = []
+        passed_items: list[DecodedFrame] = []
+        judo_jobs = []
+        by_product: dict[str, list[DecodedFrame]] = {}
+        for item in decoded:
+            by_product.setdefault(item.frame.product, []).append(item)
+        for product, items in by_product.items():
+            scored = await self._prefilter(product, items)
+            for item, result in zip(items, scored):
+                decision = self.router.decide(product, result["score"])
+                if decision.to_judo:
+                    judo_jobs.append(self._judo_path(item, decision, result.get("anomaly_map")))
+                    continue
+                item.latency_ms["total"] = (time.time() - item.received_at) * 1000
+                passed.append((prefilter_verdict(
+                    item.frame, decision, model_version=self.prefilter_version, latency_ms=item.latency_ms,
+                    trace_id=trace_id_hex(context_from_carrier(item.trace))), item.trace))
+                passed_items.append(item)
+        await self._write(passed, [(r.letter, r.trace) for r in rejected])
+        self.stats.verdicts_prefilter += len(passed)
+        self.stats.dead_letters += len(rejected)
+        for item in passed_items:
+            self.stats.latencies_pass_ms.append(item.latency_ms["total"])
+        for item in [*passed_items, *rejected]:
+            self.offsets.done(item.position)
+        await asyncio.gather(*judo_jobs)
+
+    async def _judo_path(self, item: DecodedFrame, decision, anomaly_map) -> None:
+        outcome, carrier = await self._ask_judo(item, decision, anomaly_map)
+        if isinstance(outcome, Verdict):
+            await self._write([(outcome, carrier)], [])
+            self.stats.verdicts_judo += 1
+        else:
+            await self._write([], [(outcome, carrier)])
+            self.stats.dead_letters += 1
+        self.offsets.done(item.position)
+
+    async def _prefilter(self, product: str, items: list[DecodedFrame]) -> list[dict]:
+        """Score on the pool; a dead actor is retried on the next one (Ray restarts it)."""
+        from ray.exceptions import RayActorError
+
+        images = [item.image for item in items]
+        carriers = [item.trace for item in items]
+        last_error = None
+        for attempt in range(len(self.prefilter_pool) * 3):
+            handle = self.prefilter_pool[self._next_prefilter % len(self.prefilter_pool)]
+            self._next_prefilter += 1
+            started = time.perf_counter()
+            try:
+                results = await handle.score_frames.remote(product, images, carriers,
+                                                           [item.frame.frame_id for item in items])
+            except RayActorError as exc:
+                last_error = exc
+                await asyncio.sleep(min(0.2 * (attempt + 1), 2.0))
+                continue
+            elapsed = (time.perf_counter() - started) * 1000
+            for item in items:
+                item.latency_ms["prefilter"] = elapsed
+            return results
+        raise RuntimeError(f"prefilter pool unavailable: {last_error}")
+
+    async def _references(self, item: DecodedFrame) -> list:
+        from judo_model.imaging import decode_image
+
+        started = time.perf_counter()
+        with tracer().start_as_current_span("references", context=context_from_carrier(item.trace)) as span:
+            refs = await self.references.query.remote(item.frame.product, [item.image],
+                                                      self.config.prefilter.references_k, True)
+            span.set_attribute("frame_id", item.frame.frame_id)
+            span.set_attribute("reference_ids", [r["id"] for r in refs[0]])
+        item.latency_ms["references"] = (time.perf_counter() - started) * 1000
+        return [decode_image(r["image"]) for r in refs[0]]
+
+    async def _ask_judo(self, item: DecodedFrame, decision, anomaly_map):
+        """References then JUDO, retried with backoff; a frame that never gets an answer is dead-lettered."""
+        from pipelines.serve_app import JudoFrameRequest
+
+        attempts = self.config.ingest.judo_retries + 1
+        last_error: Exception | None = None
+        references = None
+        for attempt in range(attempts):
+            try:
+                if references is None:
+                    references = await self._references(item)
+                request = JudoFrameRequest(
+                    frame_id=item.frame.frame_id, camera_id=item.frame.camera_id, line_id=item.frame.line_id,
+                    product=item.frame.product, captured_at=item.frame.captured_at, query=item.image,
+                    references=references, anomaly_score=decision.score, threshold=decision.threshold,
+                    anomaly_map=anomaly_map, latency_ms=dict(item.latency_ms), trace=item.trace)
+                response = self.judo.infer.remote(request)
+                verdict = await asyncio.wait_for(response, timeout=self.config.judo.request_timeout_s)
+                total = (time.time() - item.received_at) * 1000
+                verdict = verdict.model_copy(update={"latency_ms": {**verdict.latency_ms, "total": total}})
+                self.stats.latencies_judo_ms.append(total)
+                return verdict, item.trace
+            except Exception as exc:  # backpressure, replica death or timeout: retry, then dead-letter
+                last_error = exc
+                self.stats.judo_retries += 1
+                log.warning("JUDO attempt %d/%d for %s failed: %s", attempt + 1, attempts, item.frame.frame_id, exc)
+                await asyncio.sleep(min(0.5 * 2 ** attempt, 5.0))
+        letter = dead_letter_for("judo", f"JUDO gave no verdict after {attempts} attempts: {last_error}",
+                                 topic=item.position.topic, partition=item.position.partition,
+                                 offset=item.position.offset, key=item.frame.frame_id.encode(),
+                                 value=item.frame.image, headers=frame_to_record(item.frame).headers)
+        return letter, item.trace
+
+    async def _write(self, verdicts, letters) -> None:
+        """Write durably; retry until the sink succeeds so no result is dropped."""
+        if not verdicts and not letters:
+            return
+        delay = 0.2
+        while True:
+            try:
+                await self.sink.write.remote(verdicts, letters)
+                return
+            except Exception as exc:
+                log.warning("sink write failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+
+def driver_actor_class():
+    """The async Ray actor around :class:`FrameDriver` (Ray imported only when asked for)."""
+    import ray
+
+    @ray.remote(num_cpus=0, max_concurrency=1000)
+    class FrameDriverActor:
+        def __init__(self, config: dict, handles: dict, model_version: str):
+            self.driver = FrameDriver(config, handles, model_version)
+
+        async def run(self) -> dict:
+            return await self.driver.run()
+
+        async def stop(self) -> None:
+            await self.driver.stop()
+
+        async def stats(self) -> dict:
+            return self.driver.get_stats()
+
+    return FrameDriverActor

@@ -1,0 +1,168 @@
+"""JUDO inference engines behind one interface: transformers (CPU or GPU) and vLLM (GPU).
+
+Both show a checkpoint exactly what it was trained on (:func:`prompt_images`: the images at the
+training size, the evidence image rendered by the training code from the prefilter's anomaly map,
+the reference only if training used one), build the prompt with
+:func:`judo_model.prompting.build_prompt` and read the output with
+:func:`judo_model.output.parse_output`, so a checkpoint answers the same way on a laptop and on a
+GPU pool. The engine is chosen by ``judo.engine`` in the pipeline config.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from judo_model.output import ParsedOutput, parse_output
+from judo_model.prompting import Question
+
+
+@dataclass
+class JudoRequest:
+    """One suspect frame with its juxtaposition context."""
+
+    frame_id: str
+    product: str
+    query: np.ndarray
+    references: list[np.ndarray]
+    anomaly_map: np.ndarray | None = None
+    threshold: float = 1.0
+    questions: list[Question] | None = None
+    trace: dict[str, str] = field(default_factory=dict)
+
+
+def prompt_images(request: JudoRequest, options) -> tuple:
+    """(reference, query, evidence) as the checkpoint saw them in training (``options`` from
+    :func:`judo_model.training.pipeline.prompt_options_of`)."""
+    from judo_model.training.data import shown
+    from judo_model.training.evidence import render_evidence
+
+    reference = shown(request.references[0]) if options.reference and request.references else None
+    evidence = None
+    if options.evidence_route and request.anomaly_map is not None:
+        evidence = render_evidence(request.query, request.anomaly_map, request.threshold, options.evidence_route)
+    return reference, shown(request.query), evidence
+
+
+@dataclass
+class JudoResult:
+    raw_text: str
+    parsed: ParsedOutput
+    model_version: str
+    latency_ms: float
+
+
+class JudoEngine(Protocol):
+    model_version: str
+
+    def infer(self, requests: list[JudoRequest]) -> list[JudoResult]: ...
+
+
+def model_version_of(checkpoint: Path) -> str:
+    """``<folder name>@<short hash of the weights' metadata>``: names what answered a frame."""
+    import hashlib
+
+    weights = sorted(checkpoint.glob("*.safetensors")) + sorted(checkpoint.glob("config.json"))
+    digest = hashlib.sha256()
+    for path in weights:
+        stat = path.stat()
+        digest.update(f"{path.name}:{stat.st_size}".encode())
+        with open(path, "rb") as handle:
+            digest.update(handle.read(1 << 16))
+    return f"{checkpoint.name}@{digest.hexdigest()[:10]}"
+
+
+class TransformersEngine:
+    """The default engine: transformers generate, one prompt at a time, under inference mode."""
+
+    def __init__(self, checkpoint: Path, device: str = "cpu", max_new_tokens: int = 128, torch_threads: int = 1):
+        import torch
+
+        from judo_model.inference import JudoModel
+
+        from judo_model.training.pipeline import prompt_options_of
+
+        torch.set_num_threads(torch_threads)
+        self.judo = JudoModel.load(checkpoint, device=device)
+        self.options = prompt_options_of(checkpoint)
+        self.max_new_tokens = max_new_tokens
+        self.model_version = model_version_of(Path(checkpoint))
+
+    def infer(self, requests: list[JudoRequest]) -> list[JudoResult]:
+        results = []
+        for request in requests:
+            started = time.perf_counter()
+            reference, query, evidence = prompt_images(request, self.options)
+            raw, parsed = self.judo.generate(
+                reference_image=reference, query_image=query, evidence_image=evidence,
+                questions=request.questions, max_new_tokens=self.max_new_tokens,
+            )
+            results.append(JudoResult(raw, parsed, self.model_version, (time.perf_counter() - started) * 1000))
+        return results
+
+
+class VllmEngine:
+    """vLLM on GPUs: several images per prompt, a pixel cap per image, prefix caching off.
+
+    Prefix caching stays off by default because prompts with the same text but different
+    images can share cached prefixes wrongly (a known vLLM issue for multimodal prompts).
+    """
+
+    def __init__(self, checkpoint: Path, *, max_new_tokens: int, max_model_len: int,
+                 gpu_memory_utilization: float, max_pixels_per_image: int, limit_images_per_prompt: int,
+                 enable_prefix_caching: bool = False):
+        from vllm import LLM, SamplingParams
+
+        from judo_model.processing import load_processor
+        from judo_model.training.pipeline import prompt_options_of
+
+        self.processor = load_processor(checkpoint)
+        self.options = prompt_options_of(checkpoint)
+        self.llm = LLM(
+            model=str(checkpoint),
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            limit_mm_per_prompt={"image": limit_images_per_prompt},
+            mm_processor_kwargs={"max_pixels": max_pixels_per_image},
+            enable_prefix_caching=enable_prefix_caching,
+        )
+        self.sampling = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
+        self.model_version = model_version_of(Path(checkpoint))
+
+    def infer(self, requests: list[JudoRequest]) -> list[JudoResult]:
+        from judo_model.prompting import build_prompt, prompt_text
+
+        inputs = []
+        for request in requests:
+            reference, query, evidence = prompt_images(request, self.options)
+            prompt = build_prompt(reference_image=reference, query_image=query, evidence_image=evidence,
+                                  questions=request.questions)
+            inputs.append({"prompt": prompt_text(self.processor, prompt),
+                           "multi_modal_data": {"image": list(prompt.images)}})
+        started = time.perf_counter()
+        outputs = self.llm.generate(inputs, self.sampling, use_tqdm=False)
+        per_request = (time.perf_counter() - started) * 1000 / max(len(requests), 1)
+        return [
+            JudoResult(out.outputs[0].text, parse_output(out.outputs[0].text), self.model_version, per_request)
+            for out in outputs
+        ]
+
+
+def make_engine(judo_config) -> JudoEngine:
+    """The engine named by a :class:`pipelines.config.JudoSection`."""
+    checkpoint = Path(judo_config.checkpoint)
+    if not (checkpoint / "config.json").exists():
+        raise FileNotFoundError(f"JUDO checkpoint {checkpoint} has no config.json (train one with `judo train`)")
+    if judo_config.engine == "vllm":
+        v = judo_config.vllm
+        return VllmEngine(checkpoint, max_new_tokens=judo_config.max_new_tokens, max_model_len=v.max_model_len,
+                          gpu_memory_utilization=v.gpu_memory_utilization,
+                          max_pixels_per_image=v.max_pixels_per_image,
+                          limit_images_per_prompt=v.limit_images_per_prompt,
+                          enable_prefix_caching=v.enable_prefix_caching)
+    return TransformersEngine(checkpoint, device=judo_config.device, max_new_tokens=judo_config.max_new_tokens,
+                              torch_threads=judo_config.torch_threads)

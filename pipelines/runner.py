@@ -1,0 +1,158 @@
+"""Bring the whole pipeline up from one config, watch it, and take it down.
+
+Order: Ray → topics → prefilter pool, reference retrieval and sink actors → the JUDO Serve
+application → frame drivers (one Kafka consumer-group member each). Stopping reverses it;
+drivers finish their in-flight frames and commit before they exit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster.kafka import KafkaSettings, TopicSpec, create_topics
+from cluster.ray_runtime import start_ray, stop_ray
+from pipelines.config import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+
+def bank_threshold(bank_dir: Path) -> float:
+    """The calibrated routing threshold stored with a prefilter bank."""
+    from actors.prefilter import BANK_META
+
+    meta = json.loads((Path(bank_dir) / BANK_META).read_text())
+    calibration = meta.get("calibration")
+    if not calibration:
+        raise ValueError(f"prefilter bank {bank_dir} has no calibrated threshold; refit it with `judo prefilter fit`")
+    return float(calibration["threshold"])
+
+
+def routing_thresholds(config: PipelineConfig) -> dict[str, float]:
+    return {
+        name: product.threshold if product.threshold is not None else bank_threshold(product.bank)
+        for name, product in config.products.items()
+    }
+
+
+def bank_version(config: PipelineConfig) -> str:
+    """Names the prefilter banks that produced a pass verdict (product revisions)."""
+    from actors.prefilter import BANK_META
+
+    parts = []
+    for name, product in sorted(config.products.items()):
+        meta = json.loads((Path(product.bank) / BANK_META).read_text())
+        parts.append(f"{name}.r{meta.get('revision', 0)}")
+    return "prefilter:" + ",".join(parts)
+
+
+@dataclass
+class PipelineHandles:
+    prefilter: list
+    references: object
+    sink: object
+    judo: object
+    drivers: list
+    runs: list
+
+
+class Pipeline:
+    """The running pipeline for a config and a Kafka cluster."""
+
+    def __init__(self, config: PipelineConfig, kafka: KafkaSettings):
+        self.config = config
+        self.kafka = kafka
+        self.handles: PipelineHandles | None = None
+        self._owns_ray = False
+
+    def start(self) -> "Pipeline":
+        import ray
+        from ray import serve
+
+        from actors.prefilter import prefilter_actor_class
+        from actors.references import REFERENCES_SUBDIR, reference_actor_class
+        from actors.sink import sink_actor_class
+        from pipelines.driver import driver_actor_class
+        from pipelines.serve_app import APP_NAME, build_judo_deployment
+
+        cfg = self.config
+        topics = cfg.topics
+        create_topics(self.kafka, [
+            TopicSpec(topics.frames, topics.partitions, topics.replication_factor),
+            TopicSpec(topics.verdicts, topics.partitions, topics.replication_factor),
+            TopicSpec(topics.dead_letters, 1, topics.replication_factor),
+            TopicSpec(topics.feedback, 1, topics.replication_factor),
+        ])
+        self._owns_ray = start_ray(cfg.ray.address, cfg.ray.num_cpus)
+        trace_file = str(cfg.telemetry.trace_file) if cfg.telemetry.trace_file else None
+        banks = {name: str(p.bank) for name, p in cfg.products.items()}
+        prefilter_cls = prefilter_actor_class(num_cpus=0)
+        prefilter = [
+            prefilter_cls.options(max_restarts=-1, max_task_retries=0).remote(
+                banks, cfg.prefilter.threads_per_actor, cfg.telemetry.service_name, trace_file)
+            for _ in range(cfg.prefilter.actors)
+        ]
+        references = reference_actor_class(num_cpus=0).options(max_restarts=-1).remote(
+            {name: str(Path(p) / REFERENCES_SUBDIR) for name, p in banks.items()}, 1)
+        sink = sink_actor_class().remote(self.kafka.model_dump(), topics.verdicts, topics.dead_letters,
+                                         cfg.telemetry.service_name, trace_file)
+        ray.get([h.products.remote() for h in prefilter] + [references.products.remote(), sink.ready.remote()])
+        serve.start(http_options={"host": cfg.judo.http.host, "port": cfg.judo.http.port},
+                    logging_config={"enable_access_log": False, "log_level": "WARNING"})
+        judo = serve.run(build_judo_deployment(cfg), name=APP_NAME,
+                         route_prefix="/judo" if cfg.judo.http.enabled else None,
+                         logging_config={"enable_access_log": False, "log_level": "WARNING"})
+        thresholds = routing_thresholds(cfg)
+        handle_bundle = {
+            "kafka_settings": self.kafka.model_dump(), "prefilter": prefilter, "references": references,
+            "judo": judo, "sink": sink, "thresholds": thresholds,
+        }
+        driver_cls = driver_actor_class()
+        drivers = [driver_cls.remote(cfg.model_dump(mode="json"), handle_bundle, bank_version(cfg))
+                   for _ in range(cfg.ingest.actors)]
+        runs = [d.run.remote() for d in drivers]
+        self.handles = PipelineHandles(prefilter, references, sink, judo, drivers, runs)
+        return self
+
+    def stats(self) -> dict:
+        """Counters summed over drivers, with latency samples concatenated."""
+        import ray
+
+        merged: dict = {}
+        for part in ray.get([d.stats.remote() for d in self.handles.drivers]):
+            for key, value in part.items():
+                if isinstance(value, list):
+                    merged.setdefault(key, []).extend(value)
+                else:
+                    merged[key] = merged.get(key, 0) + value
+        return merged
+
+    def wait_for(self, predicate, timeout_s: float, poll_s: float = 1.0) -> dict:
+        """Poll stats until ``predicate(stats)`` holds or the time is up; return the last stats."""
+        deadline = time.monotonic() + timeout_s
+        stats = self.stats()
+        while not predicate(stats) and time.monotonic() < deadline:
+            time.sleep(poll_s)
+            stats = self.stats()
+        return stats
+
+    def stop(self) -> None:
+        import ray
+        from ray import serve
+
+        if self.handles is None:
+            return
+        try:
+            ray.get([d.stop.remote() for d in self.handles.drivers], timeout=30)
+            ray.get(self.handles.runs, timeout=120)
+        except Exception as exc:
+            log.warning("drivers did not stop cleanly: %s", exc)
+        serve.shutdown()
+        for actor in [*self.handles.drivers, *self.handles.prefilter, self.handles.references, self.handles.sink]:
+            ray.kill(actor, no_restart=True)
+        self.handles = None
+        if self._owns_ray:
+            stop_ray()

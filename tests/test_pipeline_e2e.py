@@ -1,0 +1,100 @@
+"""End to end with real Kafka, real Ray and the shipped JUDO checkpoint.
+
+N simulated frames in -> exactly those N frame_ids on the verdict topic; defective frames
+routed to JUDO and carrying boxes; malformed frames on the dead-letter topic with a reason;
+a complete trace per frame in the trace file.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+from cluster.messages import Frame, frame_to_record
+from cluster.telemetry import read_spans
+from judo_model.imaging import encode_png
+from pipelines.demo import SHIPPED_CHECKPOINT, demo_config, prepare_banks
+from pipelines.gallery import collect_verdicts
+from pipelines.simulator import CameraSimulator, CameraSpec
+
+pytestmark = pytest.mark.skipif(not (SHIPPED_CHECKPOINT / "config.json").exists(),
+                                reason="no shipped JUDO checkpoint")
+
+FRAMES = 24
+
+
+def malformed_records(topic_frames):
+    """A corrupt PNG, a wrong schema version and an unknown product (all otherwise well formed)."""
+    import numpy as np
+
+    good_png = encode_png(np.zeros((32, 32, 3), np.uint8))
+
+    def frame(frame_id, product="bottle", image=good_png):
+        return Frame(frame_id=frame_id, camera_id="line1-cam1", line_id="line1", product=product,
+                     captured_at=datetime.now(timezone.utc), encoding="png", width=32, height=32, image=image)
+
+    corrupt = frame_to_record(frame("bad-corrupt", image=good_png[:40] + b"\x00" * 20))
+    version = frame_to_record(frame("bad-version"))
+    version = version._replace(headers=[("judo-schema-version", b"99"), *version.headers[1:]])
+    unknown = frame_to_record(frame("bad-product", product="teapot"))
+    return [corrupt, version, unknown]
+
+
+def test_frames_in_verdicts_out_with_dead_letters_and_traces(kafka, tmp_path, topic_name):
+    from pipelines.runner import Pipeline
+
+    banks = prepare_banks(tmp_path / "assets", ("bottle", "hex_nut"), images_per_category=40)
+    trace_file = tmp_path / "traces.jsonl"
+    config = demo_config(banks, SHIPPED_CHECKPOINT, kafka.bootstrap_servers, trace_file, lines=2,
+                         cameras_per_line=1)
+    config = config.model_copy(update={"topics": config.topics.model_copy(update={
+        "frames": f"{topic_name}.frames", "verdicts": f"{topic_name}.verdicts",
+        "dead_letters": f"{topic_name}.dlq", "feedback": f"{topic_name}.feedback", "partitions": 2})})
+    cameras = [CameraSpec(line.id, cam, line.product) for line in config.lines for cam in line.cameras]
+    pipeline = Pipeline(config, kafka.settings()).start()
+    try:
+        sent = CameraSimulator(cameras, defect_rate=0.3, seed=11).publish(
+            kafka.settings(), config.topics.frames, FRAMES)
+        producer = kafka.settings().producer()
+        for record in malformed_records(config.topics.frames):
+            producer.send(config.topics.frames, key=record.key, value=record.value, headers=record.headers)
+        producer.flush(30)
+        producer.close()
+        expected = {item.frame.frame_id for item in sent}
+        collected = collect_verdicts(kafka.settings(), config.topics.verdicts, expected, timeout_s=300,
+                                     dead_letter_topic=config.topics.dead_letters, expected_dead_letters=3)
+    finally:
+        pipeline.stop()
+
+    assert set(collected.verdicts) == expected
+    assert collected.duplicates == 0
+    defective = [item for item in sent if item.is_defective]
+    assert defective, "the simulator should have produced defective frames at a 30% rate"
+    for item in defective:
+        verdict = collected.verdicts[item.frame.frame_id]
+        assert verdict.stage == "judo", f"{item.frame.frame_id} ({item.defect_type}) was not routed"
+        assert verdict.defect is not None and verdict.defect.boxes, f"{item.frame.frame_id} has no boxes"
+
+    reasons = {letter.original_key: letter.reason for letter in collected.dead_letters}
+    assert set(reasons) == {b"bad-corrupt", b"bad-version", b"bad-product"}
+    assert "corrupt or truncated" in reasons[b"bad-corrupt"]
+    assert "schema version 99" in reasons[b"bad-version"]
+    assert "unknown product 'teapot'" in reasons[b"bad-product"]
+
+    spans = read_spans(trace_file)
+    names_by_frame: dict[str, set[str]] = {}
+    trace_of = {}
+    for span in spans:
+        frame_id = span["attributes"].get("frame_id")
+        if frame_id:
+            names_by_frame.setdefault(frame_id, set()).add(span["name"])
+            trace_of.setdefault(frame_id, set()).add(span["trace_id"])
+    for item in sent:
+        frame_id = item.frame.frame_id
+        verdict = collected.verdicts[frame_id]
+        required = {"camera.capture", "ingest", "prefilter", "sink"}
+        if verdict.stage == "judo":
+            required |= {"references", "judo"}
+        assert required <= names_by_frame.get(frame_id, set()), (frame_id, names_by_frame.get(frame_id))
+        assert trace_of[frame_id] == {verdict.trace_id}, "every span of a frame belongs to the verdict's trace"

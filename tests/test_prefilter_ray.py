@@ -1,0 +1,61 @@
+"""The thin Ray actors wrap the prefilter and reference cores unchanged.
+
+RAY TEST: starts a local Ray (2 CPUs, no dashboard) for one short check and shuts it down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from actors.prefilter import BANK_META, PrefilterScorer, PrefilterService
+from actors.prefilter import fit_bank_from_folder, prefilter_actor_class
+from actors.references import REFERENCES_SUBDIR, reference_actor_class
+from judo_model.data.mvtec import discover_categories
+
+REAL = Path("/work/shared/data/real")
+pytestmark = pytest.mark.skipif(not REAL.is_dir(), reason="real data set not present")
+
+
+@pytest.fixture(scope="module")
+def bank_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("banks") / "bottle"
+    fit_bank_from_folder(REAL / "MVTecAD", "bottle", out, folds=3)
+    (cat,) = discover_categories(REAL, ["bottle"])
+    frames = [s.path.read_bytes() for s in cat.split("test")[::4]]  # encoded bytes, as from Kafka
+    return out, frames
+
+
+def test_service_without_ray_matches_core(bank_dir):
+    out, frames = bank_dir
+    assert (out / BANK_META).is_file() and (out / REFERENCES_SUBDIR / "references.json").is_file()
+    service = PrefilterService({"bottle": str(out)}, threads=2)
+    direct = PrefilterScorer.load(out, service.get("bottle").bank.embedder.extractor).route(frames)
+    results = service.score_frames("bottle", frames, [{} for _ in frames])
+    assert [r["score"] for r in results] == [v.score for v in direct]
+    assert [r["suspect"] for r in results] == [v.suspect for v in direct]
+    for r, frame in zip(results, frames):
+        assert (r["anomaly_map"] is not None) == r["suspect"]
+    suspect = next(r for r in results if r["suspect"])
+    assert suspect["anomaly_map"].dtype == np.float32 and suspect["anomaly_map"].shape == (900, 900)
+    with pytest.raises(KeyError, match="no prefilter bank"):
+        service.score_frames("tire", frames)
+
+
+def test_ray_actors_wrap_the_cores(bank_dir):
+    ray = pytest.importorskip("ray")
+    out, frames = bank_dir
+    expected = PrefilterService({"bottle": str(out)}).score_frames("bottle", frames)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        prefilter = prefilter_actor_class().remote({"bottle": str(out)}, 1)
+        refs = reference_actor_class().remote({"bottle": str(out / REFERENCES_SUBDIR)})
+        routed = ray.get(prefilter.score_frames.remote("bottle", frames), timeout=120)
+        references = ray.get(refs.query.remote("bottle", frames[:1], 2), timeout=120)
+    finally:
+        ray.shutdown()
+    assert [r["suspect"] for r in routed] == [r["suspect"] for r in expected]
+    assert [r["score"] for r in routed] == pytest.approx([r["score"] for r in expected], rel=1e-4)
+    assert len(references[0]) == 2 and references[0][0]["id"].startswith("train/good/")
