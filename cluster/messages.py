@@ -95,33 +95,38 @@ class _Strict(BaseModel):
 # --------------------------------------------------------------------------- frame
 
 
-class FrameMeta(_Strict):
-    """Frame metadata carried in the ``judo-frame`` header."""
+class _AboutAFrame(_Strict):
+    """Versioned fields that name a frame and where it came from, shared by frames and verdicts."""
 
     schema_version: int = SCHEMA_VERSION
     frame_id: str
     camera_id: str
     line_id: str
     product: str
-    captured_at: datetime
-    encoding: Encoding
-    width: int = Field(gt=0, le=MAX_FRAME_SIDE)
-    height: int = Field(gt=0, le=MAX_FRAME_SIDE)
 
     @field_validator("frame_id", "camera_id", "line_id", "product")
     @classmethod
     def _ids(cls, value: str, info) -> str:
         return _check_id(value, info.field_name)
 
-    @field_validator("captured_at")
-    @classmethod
-    def _tz(cls, value: datetime) -> datetime:
-        return _utc(value)
-
     @field_validator("schema_version")
     @classmethod
     def _version(cls, value: int) -> int:
         return _check_version(value)
+
+
+class FrameMeta(_AboutAFrame):
+    """Frame metadata carried in the ``judo-frame`` header."""
+
+    captured_at: datetime
+    encoding: Encoding
+    width: int = Field(gt=0, le=MAX_FRAME_SIDE)
+    height: int = Field(gt=0, le=MAX_FRAME_SIDE)
+
+    @field_validator("captured_at")
+    @classmethod
+    def _tz(cls, value: datetime) -> datetime:
+        return _utc(value)
 
 
 class Frame(FrameMeta):
@@ -282,14 +287,9 @@ class Answer(_Strict):
     option: str | None = None
 
 
-class Verdict(_Strict):
+class Verdict(_AboutAFrame):
     """The inspection result for one frame, from the prefilter or from JUDO."""
 
-    schema_version: int = SCHEMA_VERSION
-    frame_id: str
-    camera_id: str
-    line_id: str
-    product: str
     stage: Stage
     anomaly_score: float
     threshold: float
@@ -303,22 +303,12 @@ class Verdict(_Strict):
     captured_at: datetime | None = None
     produced_at: datetime = Field(default_factory=utc_now)
 
-    @field_validator("frame_id", "camera_id", "line_id", "product")
-    @classmethod
-    def _ids(cls, value: str, info) -> str:
-        return _check_id(value, info.field_name)
-
     @field_validator("trace_id")
     @classmethod
     def _trace_id(cls, value: str) -> str:
         if value and not re.fullmatch(r"[0-9a-f]{32}", value):
             raise ValueError("trace_id must be 32 lowercase hex characters (W3C trace id)")
         return value
-
-    @field_validator("schema_version")
-    @classmethod
-    def _version(cls, value: int) -> int:
-        return _check_version(value)
 
 
 class DeadLetter(_Strict):

@@ -110,7 +110,7 @@ def register_eval(subparsers: argparse._SubParsersAction) -> None:
 
 
 #: Command groups this module contributes; other areas append their own registrar.
-REGISTRARS: list[Registrar] = [register_data, register_eval]
+REGISTRARS: list[Registrar] = [register_data, register_eval, __import__("judo_model.training.cli", fromlist=["register_train"]).register_train]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
