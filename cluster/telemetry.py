@@ -33,6 +33,7 @@ TRACE_FILE_ENV = "JUDO_TRACE_FILE"
 _PROPAGATOR = TraceContextTextMapPropagator()
 _lock = threading.Lock()
 _provider: TracerProvider | None = None
+_trace_files: set[str] = set()
 
 
 class JsonLinesSpanExporter(SpanExporter):
@@ -98,24 +99,33 @@ def setup_tracing(
     console: bool | None = None,
     synchronous: bool = False,
 ) -> TracerProvider:
-    """Install the process-wide tracer provider once; later calls return the same one.
+    """Install the process-wide tracer provider once; later calls return the same one
+    (adding their ``trace_file`` to it when it is new).
 
     Exporters: a JSON-lines file (``trace_file`` or ``$JUDO_TRACE_FILE``), OTLP/HTTP when
     ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or the traces-specific variable) is set or
     ``OTEL_TRACES_EXPORTER`` names ``otlp``, and the console when asked for.
-    ``synchronous`` exports each span as it ends (tests read the file right after).
+    The JSON-lines file is written as each span ends; ``synchronous`` does the same for the
+    other exporters.
     """
     global _provider
     with _lock:
         if _provider is not None:
+            if trace_file and str(trace_file) not in _trace_files:
+                _trace_files.add(str(trace_file))
+                _provider.add_span_processor(SimpleSpanProcessor(JsonLinesSpanExporter(trace_file)))
             return _provider
         attributes = {}
         if service_name and not os.environ.get("OTEL_SERVICE_NAME"):
             attributes["service.name"] = service_name
         provider = TracerProvider(resource=Resource.create(attributes))
-        processor = SimpleSpanProcessor if synchronous else BatchSpanProcessor
         for exporter in _exporters_from_env(trace_file, console):
+            # the local file is written span by span: an actor killed without a flush loses nothing
+            local = isinstance(exporter, JsonLinesSpanExporter)
+            processor = SimpleSpanProcessor if synchronous or local else BatchSpanProcessor
             provider.add_span_processor(processor(exporter))
+            if local:
+                _trace_files.add(str(exporter.path))
         trace.set_tracer_provider(provider)
         _provider = provider
         return provider

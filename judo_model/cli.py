@@ -110,7 +110,13 @@ def register_eval(subparsers: argparse._SubParsersAction) -> None:
 
 
 #: Command groups this module contributes; other areas append their own registrar.
-REGISTRARS: list[Registrar] = [register_data, register_eval, __import__("judo_model.training.cli", fromlist=["register_train"]).register_train]
+def register_train(subparsers: argparse._SubParsersAction) -> None:
+    from judo_model.training.cli import register_train as register_training_commands
+
+    register_training_commands(subparsers)
+
+
+REGISTRARS: list[Registrar] = [register_data, register_eval, register_train]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

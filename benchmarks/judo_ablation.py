@@ -1,0 +1,222 @@
+"""JUDO ablation: MMAD-format accuracy of each training stage, through the MMAD harness.
+
+Rows (each adds one thing to the row above):
+
+  (a) QA SFT only, no reference image      (b) + juxtaposed normal reference
+  (c) + Stage 1 on pretrained evidence     (d) + Stage 2 domain-knowledge SFT
+  (e) + Stage 3 GRPO
+
+(d) and (e) are the shipped recipe (``judo train --stage all``: ``OUT/stages/sft`` and
+``OUT``); (a)-(c) are the same recipe with parts switched off, same steps. Every row is
+scored by :func:`judo_model.mmad.evaluate.evaluate` (MMAD's 1-shot protocol, no domain
+knowledge in the prompt) on a balanced subset of the synthetic test split and of the
+held-out categories, plus grounding IoU on defective images and verdict latency.
+
+    judo train --stage all --data DATA --out RUNS/main                     # rows d (stages/sft), e
+    python benchmarks/judo_ablation.py train --data DATA --runs RUNS --main RUNS/main   # rows c, a, b
+    python benchmarks/judo_ablation.py eval  --data DATA --row c --checkpoint RUNS/c
+    python benchmarks/judo_ablation.py report                              # docs/judo_ablation.{md,json}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "benchmarks" / "results" / "judo_ablation"
+DOC_MD = ROOT / "docs" / "judo_ablation.md"
+DOC_JSON = ROOT / "docs" / "judo_ablation.json"
+
+ROWS = {
+    "a": ("QA SFT only, no reference image", ["--no-reference", "--evidence-route", "none",
+                                              "--domain-knowledge-prob", "0", "--grpo-steps", "0"]),
+    "b": ("+ juxtaposed normal reference", ["--evidence-route", "none", "--domain-knowledge-prob", "0",
+                                            "--grpo-steps", "0"]),
+    # (c) shares Stage 1 with the shipped run (its OUT/stages/seg) and differs from (d) only in
+    # having no domain knowledge in its QA SFT.
+    "c": ("+ Stage 1 on pretrained evidence (heat map + zoomed crop)",
+          ["--stage", "sft", "--init", "{main}/stages/seg", "--domain-knowledge-prob", "0"]),
+    "c-heat": ("(c) with the heat map only as evidence (route comparison)",
+               ["--evidence-route", "heat", "--domain-knowledge-prob", "0", "--grpo-steps", "0"]),
+    "d": ("+ Stage 2 domain-knowledge SFT", None),
+    "e": ("+ Stage 3 GRPO (shipped checkpoint)", None),
+}
+SUBSETS = {"test": ("mmad.json", 1), "heldout": ("mmad_heldout.json", 2)}
+
+
+def subset_file(data: Path, name: str) -> str:
+    """A balanced subset (per category: k normal + k defective images) of one question file."""
+    source, per_class = SUBSETS[name]
+    out = f"mmad_ablation_{name}.json"
+    records = json.loads((data / source).read_text())
+    chosen, counts = {}, {}
+    for key, record in records.items():
+        slot = (key.split("/")[1], "good" in key)
+        if counts.get(slot, 0) < per_class:
+            counts[slot] = counts.get(slot, 0) + 1
+            chosen[key] = record
+    (data / out).write_text(json.dumps(chosen, indent=1))
+    return out
+
+
+def cmd_train(args) -> None:
+    for row in args.rows:
+        flags = ROWS[row][1]
+        if flags is None:
+            continue
+        flags = [f.replace("{main}", str(args.main)) for f in flags]
+        command = [sys.executable, "-m", "pipelines.cli", "train", "--stage", "all", "--data", str(args.data),
+                   "--out", str(args.runs / row), *flags, *args.extra]
+        print(" ".join(command), flush=True)
+        subprocess.run(command, check=True, cwd=ROOT)
+
+
+def verdict_latency(answerer, data: Path, file: str, count: int) -> dict:
+    """Seconds per verdict (think + defect + region, no question) of the reasoner, evidence cached."""
+    import torch
+
+    from judo_model.mmad.format import MMADDataset
+
+    judo = answerer.judo
+    items = list(MMADDataset(data, file))[:count]
+    times = []
+    for item in items:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            judo.generate(item.template_paths(1)[0], item.image_path, questions=None, max_new_tokens=64)
+        times.append(time.perf_counter() - start)
+    times = times[1:] or times  # the first call pays one-off allocation
+    return {"images": len(times), "p50_ms": round(1000 * statistics.median(times), 1),
+            "p90_ms": round(1000 * sorted(times)[int(0.9 * (len(times) - 1))], 1), "threads": torch.get_num_threads()}
+
+
+def cmd_eval(args) -> None:
+    import torch
+
+    from judo_model.mmad.evaluate import evaluate, write_result
+    from judo_model.mmad.format import MMADDataset
+    from judo_model.training.answerer import load_juxtaposed_answerer
+
+    torch.set_num_threads(args.threads)
+    answerer = load_juxtaposed_answerer(args.checkpoint, args.data, name=f"judo-{args.row}")
+    result = {"row": args.row, "description": ROWS[args.row][0], "checkpoint": str(args.checkpoint)}
+    for name in args.subsets:
+        file = subset_file(args.data, name)
+        start = time.time()
+        evaluation = evaluate(MMADDataset(args.data, file), answerer, shots=1, use_domain_knowledge=False)
+        answers_path = RESULTS / f"{args.row}_{name}.json"
+        write_result(evaluation, answers_path)
+        table = evaluation.table
+        result[name] = {
+            "accuracy": {c: round(table.cell("Average", c), 1) for c in table.columns},
+            "questions": len(evaluation.answers),
+            "dropped": len(table.dropped),
+            "grounding": evaluation.grounding.as_dict(),
+            "seconds": round(time.time() - start, 1),
+        }
+        print(args.row, name, json.dumps(result[name]), flush=True)
+    if args.latency:
+        result["latency"] = verdict_latency(answerer, args.data, subset_file(args.data, "test"), args.latency)
+        print("latency", result["latency"], flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"row_{args.row}.json").write_text(json.dumps(result, indent=1))
+
+
+def cmd_random(args) -> None:
+    from judo_model.mmad.answerers import RandomAnswerer
+    from judo_model.mmad.evaluate import evaluate
+    from judo_model.mmad.format import MMADDataset
+
+    result = {"row": "random", "description": "random letter (chance)", "checkpoint": "baseline:random"}
+    for name in args.subsets:
+        evaluation = evaluate(MMADDataset(args.data, subset_file(args.data, name)), RandomAnswerer(0))
+        table = evaluation.table
+        result[name] = {"accuracy": {c: round(table.cell("Average", c), 1) for c in table.columns},
+                        "questions": len(evaluation.answers), "dropped": len(table.dropped)}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "row_random.json").write_text(json.dumps(result, indent=1))
+
+
+COLUMNS = ("Anomaly Detection", "Defect Classification", "Defect Localization", "Defect Description",
+           "Defect Analysis", "Object Classification", "Object Analysis", "Average")
+
+
+def cmd_report(args) -> None:
+    rows = []
+    for name in ("random", *ROWS):
+        path = RESULTS / f"row_{name}.json"
+        if path.is_file():
+            rows.append(json.loads(path.read_text()))
+    DOC_JSON.write_text(json.dumps({"rows": rows, "notes": args.note}, indent=1))
+    lines = ["# JUDO ablation (tiny preset, synthetic data)", "",
+             "Generated by `benchmarks/judo_ablation.py report` from `benchmarks/results/judo_ablation/`.",
+             "MMAD 1-shot protocol through `judo_model.mmad.evaluate` (no domain knowledge in the prompt); "
+             "accuracy in percent; IoU = mean IoU of the predicted boxes with the mask on defective images.", ""]
+    for subset in ("test", "heldout"):
+        title = "Synthetic test split (in-distribution categories)" if subset == "test" else "Held-out categories"
+        lines += [f"## {title}", "",
+                  "| row | " + " | ".join(c.replace("Defect ", "Def. ").replace("Object ", "Obj. ") for c in COLUMNS)
+                  + " | IoU | questions |",
+                  "|---" * (len(COLUMNS) + 3) + "|"]
+        for row in rows:
+            if subset not in row:
+                continue
+            acc = row[subset]["accuracy"]
+            iou = (row[subset].get("grounding") or {}).get("mean_iou")
+            cells = [f"{acc[c]:.1f}" if c in acc else "–" for c in COLUMNS]
+            lines.append(f"| ({row['row']}) {row['description']} | " + " | ".join(cells)
+                         + f" | {'–' if iou is None else f'{iou:.2f}'} | {row[subset]['questions']} |")
+        lines.append("")
+    latency = [r for r in rows if "latency" in r]
+    if latency:
+        lines += ["## Verdict latency (reasoner only, evidence cached, CPU, shared 2-core machine)", ""]
+        for row in latency:
+            lat = row["latency"]
+            lines.append(f"- ({row['row']}): p50 {lat['p50_ms']} ms, p90 {lat['p90_ms']} ms over {lat['images']} "
+                         f"verdicts, {lat['threads']} torch thread(s)")
+        lines.append("")
+    if args.note:
+        lines += ["## Notes", "", *[f"- {n}" for n in args.note], ""]
+    DOC_MD.write_text("\n".join(lines))
+    print(DOC_MD.read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train rows a-c (and c-heat) with judo train")
+    train.add_argument("--data", type=Path, required=True)
+    train.add_argument("--runs", type=Path, required=True)
+    train.add_argument("--rows", nargs="+", default=["c", "a", "b"])
+    train.add_argument("--main", type=Path, help="the shipped recipe's run folder (judo train --stage all --out)")
+    train.add_argument("extra", nargs="*", help="extra judo train flags, after --")
+    train.set_defaults(func=cmd_train)
+    ev = commands.add_parser("eval", help="score one row's checkpoint")
+    ev.add_argument("--data", type=Path, required=True)
+    ev.add_argument("--row", choices=list(ROWS), required=True)
+    ev.add_argument("--checkpoint", type=Path, required=True)
+    ev.add_argument("--subsets", nargs="+", default=["test", "heldout"])
+    ev.add_argument("--latency", type=int, default=0, help="also time N verdicts")
+    ev.add_argument("--threads", type=int, default=1)
+    ev.set_defaults(func=cmd_eval)
+    rnd = commands.add_parser("random", help="score the random-letter baseline on the same subsets")
+    rnd.add_argument("--data", type=Path, required=True)
+    rnd.add_argument("--subsets", nargs="+", default=["test", "heldout"])
+    rnd.set_defaults(func=cmd_random)
+    report = commands.add_parser("report", help="write docs/judo_ablation.md and .json")
+    report.add_argument("--note", action="append", default=[])
+    report.set_defaults(func=cmd_report)
+    args = parser.parse_args()
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""Training examples for the three JUDO stages, built from an MMAD-format synthetic folder.
+
+One :class:`Example` is one query image with its MMAD questions (none in Stage 1). Every target is
+written by :func:`judo_model.output.format_target`: a short comparison, the verdict with
+the defect type, the defect boxes from the ground-truth mask (``[]`` for normal images)
+and the answer as option *content*, never a letter.
+
+Sampling is balanced: an image is drawn normal or defective with equal probability
+first, then one of its questions, so the verdict the model learns is 50/50.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from judo_model.data.knowledge import category_facts
+from judo_model.data.questions import REGIONS, region_of
+from judo_model.imaging import load_image, load_mask
+from judo_model.mmad.format import DEFECT_QUESTION_TYPES, MMADDataset, MMADItem
+from judo_model.output import COORDINATE_SCALE, format_target, mask_to_boxes
+from judo_model.prompting import JudoPrompt, Question, build_prompt
+from judo_model.training.evidence import DEFAULT_ROUTE, EvidenceCache, render_evidence
+
+#: Side the reference and query are shown at (4x4 merged visual tokens each).
+IMAGE_SIDE = 112
+#: Box coordinates are rounded outwards to this grid (fewer distinct numbers to learn).
+BOX_STEP = 25
+MAX_BOXES = 3
+MIN_BLOB_FRACTION = 0.002
+
+
+@dataclass(frozen=True)
+class Example:
+    """One query image and its questions (none for Stage 1), with what targets and rewards need."""
+
+    root: Path
+    key: str
+    category: str
+    defect: str | None
+    mask_key: str | None
+    references: tuple[str, ...]
+    questions: tuple[Question, ...] = ()
+    answer_letters: tuple[str, ...] = ()
+    question_types: tuple[str, ...] = ()
+
+    @property
+    def is_normal(self) -> bool:
+        return self.defect is None
+
+    @property
+    def answer_texts(self) -> list[str]:
+        return [q.options[letter] for q, letter in zip(self.questions, self.answer_letters)]
+
+    def subset(self, indices) -> "Example":
+        """The same image asking only the questions at ``indices`` (in that order)."""
+        return replace(self, questions=tuple(self.questions[i] for i in indices),
+                       answer_letters=tuple(self.answer_letters[i] for i in indices),
+                       question_types=tuple(self.question_types[i] for i in indices))
+
+    def without_questions(self) -> "Example":
+        return self.subset(())
+
+
+def defect_of(item: MMADItem) -> str | None:
+    """The defect folder name of an image key (``.../<split>/<defect>/<file>``), None if normal."""
+    return None if item.is_normal else item.key.split("/")[-2]
+
+
+def load_examples(root: str | Path, questions_file: str) -> list[Example]:
+    """One example per image of a question file, carrying all of the image's questions."""
+    dataset = MMADDataset(root, questions_file)
+    examples = []
+    for item in dataset:
+        mask = item.mask_path
+        conversation = item.record.conversation
+        examples.append(Example(
+            Path(root), item.key, item.category, defect_of(item),
+            str(mask.relative_to(item.root)) if mask is not None else None,
+            tuple(str(Path(t).relative_to(item.root)) for t in item.template_paths(8)),
+            tuple(Question(q.Question, dict(q.Options)) for q in conversation),
+            tuple(q.Answer for q in conversation), tuple(q.type for q in conversation)))
+    return examples
+
+
+def snap_box(box) -> tuple[int, int, int, int]:
+    x1, y1, x2, y2 = box
+    down = lambda v: int(np.floor(v / BOX_STEP) * BOX_STEP)  # noqa: E731
+    up = lambda v: int(min(COORDINATE_SCALE, np.ceil(v / BOX_STEP) * BOX_STEP))  # noqa: E731
+    return down(x1), down(y1), max(up(x2), down(x1) + BOX_STEP), max(up(y2), down(y1) + BOX_STEP)
+
+
+def target_boxes(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """The largest blobs of ``mask`` as snapped 0-1000 boxes (at least one for a non-empty mask)."""
+    min_pixels = max(1, int(mask.size * MIN_BLOB_FRACTION))
+    boxes = mask_to_boxes(mask, min_pixels=min_pixels) or mask_to_boxes(mask)
+    boxes.sort(key=lambda b: (b[2] - b[0]) * (b[3] - b[1]), reverse=True)
+    return [snap_box(b) for b in boxes[:MAX_BOXES]]
+
+
+@lru_cache(maxsize=8192)
+def _pixels(path: str) -> np.ndarray:
+    return load_image(path)
+
+
+@lru_cache(maxsize=4096)
+def _mask(path: str) -> np.ndarray:
+    return load_mask(path)
+
+
+def shown(image: np.ndarray) -> Image.Image:
+    """An image as the model sees it: RGB at :data:`IMAGE_SIDE` px."""
+    return Image.fromarray(image).resize((IMAGE_SIDE, IMAGE_SIDE), Image.BICUBIC)
+
+
+def ground_truth_mask(example: Example) -> np.ndarray:
+    if example.mask_key:
+        return _mask(str(example.root / example.mask_key))
+    query = _pixels(str(example.root / example.key))
+    return np.zeros(query.shape[:2], bool)
+
+
+def target_for(example: Example, include_answer: bool = True) -> str:
+    """The contract text the model is trained to write for ``example``."""
+    if example.is_normal:
+        return format_target(reasoning="The query matches the normal reference.", defect=False,
+                             answers=example.answer_texts if include_answer else [])
+    mask = ground_truth_mask(example)
+    facts = category_facts(example.category)
+    title = facts.defects[example.defect].title if example.defect in facts.defects else example.defect
+    return format_target(
+        reasoning=f"The query differs from the reference at the {REGIONS[region_of(mask)].lower()}.",
+        defect=True, defect_type=title, boxes=target_boxes(mask),
+        answers=example.answer_texts if include_answer else [])
+
+
+@dataclass
+class PromptOptions:
+    """Which juxtaposed inputs a stage shows (the ablation switches these)."""
+
+    reference: bool = True
+    evidence_route: str | None = DEFAULT_ROUTE
+    domain_knowledge_prob: float = 0.0
+    knowledge: dict = field(default_factory=dict)
+
+    def describe(self) -> dict:
+        return {"reference": self.reference, "evidence_route": self.evidence_route,
+                "domain_knowledge_prob": self.domain_knowledge_prob}
+
+
+def knowledge_text(root: str | Path, category: str) -> str | None:
+    path = Path(root) / "domain_knowledge.json"
+    if not path.is_file():
+        return None
+    entry = next(iter(json.loads(path.read_text()).values()), {}).get(category)
+    return "\n".join(entry.values()) if entry else None
+
+
+def example_prompt(example: Example, options: PromptOptions, evidence: EvidenceCache | None,
+                   rng: random.Random | None = None, use_knowledge: bool | None = None) -> JudoPrompt:
+    """The juxtaposed prompt of ``example`` (reference: a random template when ``rng`` is given)."""
+    query = _pixels(str(example.root / example.key))
+    reference = None
+    if options.reference and example.references:
+        ref_key = rng.choice(example.references) if rng else example.references[0]
+        reference = shown(_pixels(str(example.root / ref_key)))
+    evidence_image = None
+    if options.evidence_route:
+        if evidence is None:
+            raise ValueError("this stage needs cached evidence maps (run prepare_evidence first)")
+        evidence_image = render_evidence(query, evidence.anomaly_map(example.key), evidence.threshold(example.key),
+                                         options.evidence_route)
+    if use_knowledge is None:
+        use_knowledge = rng is not None and rng.random() < options.domain_knowledge_prob
+    knowledge = knowledge_text(example.root, example.category) if use_knowledge else None
+    return build_prompt(reference, shown(query), evidence_image=evidence_image,
+                        questions=list(example.questions) or None, domain_knowledge=knowledge)
+
+
+class BalancedSampler:
+    """Balanced draws, so that nothing but the images decides the verdict.
+
+    MMAD's defect questions say "There is a defect in the object." A model trained on
+    prompts that mix them freely learns the shortcut "no such sentence -> normal" and
+    answers every Anomaly Detection question with no. So every draw is one of three kinds
+    with probability 1/3 each: a normal image with its (verdict-neutral) questions, a
+    defective image with its verdict-neutral questions (Anomaly Detection, object
+    questions), or a defective image with its defect questions. Prompts without the cue
+    are then exactly 50/50 normal / defective. Within the kind, one random question is
+    asked with probability ``single_question`` (as the MMAD harness asks them), otherwise
+    all of them are packed in MMAD order, which trains on every answer in one pass.
+    """
+
+    def __init__(self, examples: list[Example], seed: int = 0, single_question: float = 0.4,
+                 questions: bool = True):
+        self.rng = random.Random(seed)
+        self.single_question = single_question
+        self.questions = questions
+        self.normal = [e for e in examples if e.is_normal]
+        self.defective = [e for e in examples if not e.is_normal]
+        if not self.normal and not self.defective:
+            raise ValueError("no training examples")
+
+    def __call__(self) -> Example:
+        kinds = [k for k, pool in (("normal", self.normal), ("neutral", self.defective), ("cue", self.defective))
+                 if pool]
+        kind = self.rng.choice(kinds)
+        example = self.rng.choice(self.normal if kind == "normal" else self.defective)
+        if not self.questions or not example.questions:
+            return example.without_questions()
+        cue = [i for i, t in enumerate(example.question_types) if t in DEFECT_QUESTION_TYPES]
+        neutral = [i for i, t in enumerate(example.question_types) if t not in DEFECT_QUESTION_TYPES]
+        chosen = cue if (kind == "cue" and cue) or not neutral else neutral
+        if self.rng.random() < self.single_question:
+            chosen = [self.rng.choice(chosen)]
+        return example.subset(chosen)
+
+    def batch(self, size: int) -> list[Example]:
+        return [self() for _ in range(size)]
+
+
+def tokenizer_corpus_texts(root: str | Path, files: tuple[str, ...] = ("mmad_train.json",)) -> list[str]:
+    """Full prompts and targets of the training questions: the text the project tokenizer is fitted on.
+
+    Whole prompts (instructions, image roles, questions, options) go in so that the fixed
+    prompt text becomes few, long tokens, which is most of the training compute saved.
+    """
+    from judo_model.prompting import IMAGE_ROLES
+    from judo_model.output import CONTRACT_INSTRUCTIONS
+
+    texts = [CONTRACT_INSTRUCTIONS, *IMAGE_ROLES.values()] * 50
+    for name in files:
+        for example in load_examples(root, name):
+            for question in example.questions:
+                texts.append(question.render(1))
+            texts.append(target_for(example))
+    return texts

@@ -1,0 +1,158 @@
+"""``judo train``: the JUDO recipe (Stage 1 seg -> Stage 2 SFT -> Stage 3 GRPO) on one data folder.
+
+Every stage writes a standard checkpoint folder. ``--stage all`` chains the three:
+``OUT/stages/seg``, ``OUT/stages/sft`` and the final model in ``OUT`` itself, with
+``judo_training.json`` (recipe, prompt options, per-stage curves and seconds) and a PNG
+of the loss / reward curves.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from judo_model.training.data import IMAGE_SIDE, PromptOptions, load_examples, tokenizer_corpus_texts
+from judo_model.training.encoding import CachedEncoder
+from judo_model.training.recipe import STAGES, Recipe
+from judo_model.training.sft import Curve, SFTConfig, train_supervised
+
+TRAINING_FILE = "judo_training.json"
+
+
+@dataclass
+class TrainingLog:
+    recipe: dict
+    data: str
+    image_side: int = IMAGE_SIDE
+    stages: list[dict] = field(default_factory=list)
+
+    def write(self, directory: Path) -> None:
+        (directory / TRAINING_FILE).write_text(json.dumps(asdict(self), indent=1))
+
+
+def read_training_log(checkpoint: str | Path) -> dict:
+    path = Path(checkpoint) / TRAINING_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def prompt_options(recipe: Recipe, with_knowledge: bool) -> PromptOptions:
+    return PromptOptions(reference=recipe.reference, evidence_route=recipe.evidence_route,
+                         domain_knowledge_prob=recipe.domain_knowledge_prob if with_knowledge else 0.0)
+
+
+def prompt_options_of(checkpoint: str | Path) -> PromptOptions:
+    """How a checkpoint was prompted in training (what inference must show it)."""
+    recipe = read_training_log(checkpoint).get("recipe", {})
+    return PromptOptions(reference=recipe.get("reference", True), evidence_route=recipe.get("evidence_route"))
+
+
+def _build_model(data_dir: Path, seed: int):
+    from judo_model.modeling import load_model
+    from judo_model.processing import tokenizer_corpus
+
+    knowledge = data_dir / "domain_knowledge.json"
+    corpus = list(tokenizer_corpus(knowledge if knowledge.is_file() else None, tokenizer_corpus_texts(data_dir)))
+    return load_model("tiny", corpus=corpus, seed=seed)
+
+
+def plot_curves(stages: list[dict], path: str | Path) -> Path:
+    """One panel per stage: loss for the supervised stages, rewards for GRPO."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = [s for s in stages if s.get("steps")]
+    fig, axes = plt.subplots(1, max(1, len(stages)), figsize=(5 * max(1, len(stages)), 3.6), squeeze=False)
+    for ax, stage in zip(axes[0], stages):
+        for name, values in stage["values"].items():
+            if name == "lr":
+                continue
+            ax.plot(stage["steps"], values, label=name, linewidth=1)
+        ax.set_title(f"{stage['stage']} ({stage['seconds']:.0f} s)")
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def train(data_dir: str | Path, out_dir: str | Path, stage: str = "all", recipe: Recipe | None = None,
+          init: str | Path | None = None, curves_png: str | Path | None = None,
+          train_file: str = "mmad_train.json") -> TrainingLog:
+    """Run ``stage`` (seg, sft, grpo or all) and save the resulting checkpoint in ``out_dir``."""
+    from judo_model.modeling import load_checkpoint, save_checkpoint
+    from judo_model.training.evidence import load_evidence, prepare_evidence
+
+    if stage not in (*STAGES, "all"):
+        raise ValueError(f"stage must be one of {STAGES + ('all',)}, got {stage!r}")
+    recipe = recipe or Recipe()
+    torch.set_num_threads(recipe.threads)  # >1 thread on 2 shared cores is several times slower
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    examples = load_examples(data_dir, train_file)
+    evidence = None
+    if recipe.evidence_route:
+        prepare_evidence(data_dir, progress=lambda c: print(f"evidence: {c}", flush=True))
+        evidence = load_evidence(data_dir)
+    log = TrainingLog(recipe=asdict(recipe), data=str(data_dir))
+    if init is not None:
+        model, processor = load_checkpoint(init)
+        log.stages.extend(read_training_log(init).get("stages", []))
+    elif stage == "grpo":
+        raise ValueError("GRPO starts from a Stage 2 checkpoint: pass --init (zero advantages otherwise)")
+    else:
+        model, processor = _build_model(data_dir, recipe.seed)
+    encoder = CachedEncoder(processor)
+    todo = STAGES if stage == "all" else (stage,)
+    stage_dir = out_dir / "stages" if stage == "all" else None
+    for name in todo:
+        start = time.time()
+        if name == "seg":
+            if not recipe.evidence_route:
+                print("seg: skipped (Stage 1 needs evidence; evidence_route is off)")
+                continue
+            config = SFTConfig(recipe.seg_steps, recipe.batch_size, recipe.seg_lr, seed=recipe.seed)
+            curve = train_supervised(model, processor, examples, prompt_options(recipe, False), evidence, config,
+                                     "seg", questions=False, encoder=encoder)
+        elif name == "sft":
+            config = SFTConfig(recipe.sft_steps, recipe.batch_size, recipe.sft_lr, seed=recipe.seed + 1,
+                               single_question=recipe.single_question)
+            curve = train_supervised(model, processor, examples, prompt_options(recipe, True), evidence, config,
+                                     "sft", encoder=encoder)
+        else:
+            if recipe.grpo_steps <= 0:
+                continue
+            from judo_model.training.grpo import train_grpo_trl
+
+            if not Path(str(model.config._name_or_path)).is_dir():  # TRL builds its reference model from disk
+                tmp = out_dir / "stages" / "grpo_init"
+                save_checkpoint(model, processor, tmp)
+                model, processor = load_checkpoint(tmp)
+            curve = train_grpo_trl(model, processor, examples, prompt_options(recipe, False), evidence,
+                                   recipe.grpo_steps, str(out_dir / "stages" / "grpo_trl"),
+                                   num_generations=recipe.grpo_generations,
+                                   prompts_per_step=recipe.grpo_prompts_per_step, lr=recipe.grpo_lr,
+                                   beta=recipe.grpo_beta, seed=recipe.seed)
+        curve.seconds = time.time() - start
+        log.stages.append(curve.as_dict())
+        print(f"{name}: {curve.seconds:.0f} s", flush=True)
+        if stage_dir is not None and name != todo[-1]:
+            saved = save_checkpoint(model, processor, stage_dir / name)
+            log.write(saved)
+            model, processor = load_checkpoint(saved)  # GRPO's reference model is read from this folder
+            encoder = CachedEncoder(processor)
+    save_checkpoint(model, processor, out_dir)
+    shutil.rmtree(out_dir / "stages" / "grpo_trl", ignore_errors=True)
+    log.write(out_dir)
+    if curves_png is not None:
+        plot_curves(log.stages, curves_png)
+    return log

@@ -1,0 +1,29 @@
+"""The knobs of one ``judo train`` run (importable without torch, for the CLI)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+STAGES = ("seg", "sft", "grpo")
+
+
+@dataclass
+class Recipe:
+    """Steps and switches of one training run (the ``tiny`` preset's defaults ship the checkpoint)."""
+
+    seg_steps: int = 900
+    sft_steps: int = 300
+    grpo_steps: int = 40
+    batch_size: int = 8
+    seg_lr: float = 2e-3
+    sft_lr: float = 1e-3
+    grpo_lr: float = 1e-4
+    grpo_generations: int = 4
+    grpo_prompts_per_step: int = 2
+    grpo_beta: float = 0.04
+    reference: bool = True
+    evidence_route: str | None = "heat_crop"
+    domain_knowledge_prob: float = 0.25
+    single_question: float = 0.4
+    seed: int = 0
+    threads: int = 1

@@ -1,0 +1,110 @@
+"""Supervised stages (Stage 1 juxtaposed segmentation, Stage 2 domain-knowledge QA SFT).
+
+Both are next-token training on contract targets; they differ only in what the examples
+ask (no question: verdict + region only; MMAD questions: verdict + region + answers) and
+in how often the domain knowledge is in the prompt. The loss is computed on the target
+tokens only, and the language-model head runs on those positions only (the prompt holds
+most of the tokens, so this is the cheap way to train on CPU).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from judo_model.prompting import IGNORE_INDEX, collate_for_training
+from judo_model.training.data import BalancedSampler, Example, PromptOptions, example_prompt, target_for
+from judo_model.training.encoding import CachedEncoder
+
+
+@dataclass
+class SFTConfig:
+    steps: int
+    batch_size: int = 8
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 30
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0
+    single_question: float = 0.4
+
+
+@dataclass
+class Curve:
+    """Per-step metrics of one stage, for the log file and the PNG."""
+
+    stage: str
+    steps: list[int] = field(default_factory=list)
+    values: dict[str, list[float]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def add(self, step: int, **metrics: float) -> None:
+        self.steps.append(step)
+        for name, value in metrics.items():
+            self.values.setdefault(name, []).append(float(value))
+
+    def as_dict(self) -> dict:
+        return {"stage": self.stage, "steps": self.steps, "values": self.values, "seconds": round(self.seconds, 1)}
+
+
+def target_loss(model, batch) -> torch.Tensor:
+    """Cross-entropy on the labelled (target) tokens, with the LM head applied to those only."""
+    labels = batch["labels"]
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    hidden = model.model(**inputs).last_hidden_state
+    targets = labels[:, 1:]
+    selected = targets != IGNORE_INDEX
+    logits = model.lm_head(hidden[:, :-1][selected])
+    return F.cross_entropy(logits.float(), targets[selected])
+
+
+def lr_at(step: int, config: SFTConfig) -> float:
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_supervised(model, processor, examples: list[Example], options: PromptOptions, evidence, config: SFTConfig,
+                     stage: str, questions: bool = True, encoder: CachedEncoder | None = None,
+                     on_step: Callable[[int, float], None] | None = None) -> Curve:
+    """Train ``model`` in place for ``config.steps`` balanced batches; returns the loss curve."""
+    sampler = BalancedSampler(examples, seed=config.seed, single_question=config.single_question, questions=questions)
+    rng = random.Random(config.seed + 1)
+    encoder = encoder or CachedEncoder(processor)
+    pad = processor.tokenizer.pad_token_id
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in parameters if p.ndim >= 2]
+    no_decay = [p for p in parameters if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    curve = Curve(stage)
+    model.train()
+    start = time.time()
+    bar = tqdm(range(config.steps), desc=f"{stage}", unit="step")
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, config)
+        batch_examples = sampler.batch(config.batch_size)
+        encoded = [encoder.encode(example_prompt(e, options, evidence, rng), target_for(e))
+                   for e in batch_examples]
+        loss = target_loss(model, collate_for_training(encoded, pad))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+        optimizer.step()
+        curve.add(step, loss=loss.item(), lr=optimizer.param_groups[0]["lr"])
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if on_step:
+            on_step(step, loss.item())
+    curve.seconds = time.time() - start
+    model.eval()
+    return curve

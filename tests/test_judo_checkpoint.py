@@ -1,0 +1,88 @@
+"""The shipped tiny JUDO checkpoint: loads offline and finds a known synthetic defect."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from judo_model.output import boxes_to_mask, choose_option
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINT = ROOT / "checkpoints" / "judo-tiny"
+#: A defective test image of the training data's recipe (seed 0, 80 images per category,
+#: 224 px), regenerated here from the seed. The shipped checkpoint finds and boxes it.
+KNOWN_CATEGORY = "fabric"
+KNOWN_IMAGE = "Synthetic/fabric/test/hole/0072.png"
+
+pytestmark = pytest.mark.skipif(not (CHECKPOINT / "model.safetensors").is_file(),
+                                reason="checkpoints/judo-tiny not shipped in this tree")
+
+
+@pytest.fixture(scope="module")
+def judo():
+    from judo_model.inference import JudoModel
+
+    return JudoModel.load(CHECKPOINT)
+
+
+@pytest.fixture(scope="module")
+def known_data(tmp_path_factory):
+    """The known image's category, regenerated exactly, with its prefilter bank and evidence."""
+    from judo_model.data.synth.writer import generate_dataset
+    from judo_model.training.evidence import prepare_evidence
+
+    root = tmp_path_factory.mktemp("judo-known")
+    generate_dataset(root, seed=0, categories=[KNOWN_CATEGORY], images_per_category=80, size=224, heldout=[],
+                     workers=1)
+    prepare_evidence(root)
+    return root
+
+
+def test_checkpoint_is_a_small_standard_folder(judo):
+    files = {p.name for p in CHECKPOINT.iterdir()}
+    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
+            "processor_config.json", "judo_training.json"} <= files
+    assert (CHECKPOINT / "model.safetensors").stat().st_size < 20 * 2**20
+    config = json.loads((CHECKPOINT / "config.json").read_text())
+    assert config["model_type"] == "qwen2_5_vl"
+    assert judo.model.generation_config.do_sample is False
+    stages = [s["stage"] for s in json.loads((CHECKPOINT / "judo_training.json").read_text())["stages"]]
+    assert stages == ["seg", "sft", "grpo"]
+
+
+def _answer_known_image(judo, known_data):
+    from judo_model.mmad.format import MMADDataset
+    from judo_model.prompting import Question
+    from judo_model.training.answerer import JuxtaposedJudo
+    from judo_model.training.evidence import load_evidence
+    from judo_model.training.pipeline import prompt_options_of
+
+    item = next(i for i in MMADDataset(known_data, "mmad.json") if i.key == KNOWN_IMAGE)
+    juxtaposed = JuxtaposedJudo(judo, prompt_options_of(CHECKPOINT), load_evidence(known_data))
+    detection = next(q for q in item.record.conversation if q.type == "Anomaly Detection")
+    question = Question(detection.Question, dict(detection.Options))
+    raw, parsed = juxtaposed.generate(item.template_paths(1)[0], item.image_path, questions=[question])
+    return item, detection, raw, parsed
+
+
+def test_known_defect_is_found_and_boxed(judo, known_data):
+    from judo_model.imaging import load_mask
+
+    item, _, raw, parsed = _answer_known_image(judo, known_data)
+    assert parsed.checks["tags"] and parsed.checks["order"] and parsed.checks["region"], raw
+    assert parsed.defect is True, raw
+    mask = load_mask(item.mask_path)
+    assert (boxes_to_mask(parsed.boxes, *mask.shape) & mask).any(), raw
+
+
+@pytest.mark.xfail(strict=True, reason="the shipped tiny checkpoint (~32 min of CPU training) still names the wrong "
+                   "defect type and answers with another question's option; see docs/judo_ablation.md")
+def test_known_defect_is_typed_and_answered(judo, known_data):
+    from judo_model.data.knowledge import category_facts
+
+    item, detection, raw, parsed = _answer_known_image(judo, known_data)
+    defect = item.key.split("/")[-2]
+    assert parsed.defect_type == category_facts(KNOWN_CATEGORY).defects[defect].title, raw
+    assert choose_option(parsed.answers[0], dict(detection.Options)) == detection.Answer, raw

@@ -1,0 +1,159 @@
+"""JUDO training: encoding, targets, evidence, and a 2-step smoke run of every stage."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from judo_model.output import boxes_to_mask, parse_output
+from judo_model.prompting import encode_for_training
+
+CATEGORIES = ["bottle", "fabric"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """Two categories, 20 images each, with cached evidence maps and banks."""
+    from judo_model.data.synth.writer import generate_dataset
+    from judo_model.training.evidence import prepare_evidence
+
+    root = tmp_path_factory.mktemp("judo-train-data")
+    generate_dataset(root, seed=3, categories=CATEGORIES, images_per_category=20, size=112, heldout=[], workers=1)
+    prepare_evidence(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def examples(data_dir):
+    from judo_model.training.data import load_examples
+
+    return load_examples(data_dir, "mmad_train.json")
+
+
+@pytest.fixture(scope="module")
+def smoke_checkpoint(data_dir, tmp_path_factory):
+    from judo_model.training.pipeline import train
+    from judo_model.training.recipe import Recipe
+
+    out = tmp_path_factory.mktemp("judo-smoke") / "ckpt"
+    recipe = Recipe(seg_steps=2, sft_steps=2, grpo_steps=2, batch_size=2, grpo_generations=2,
+                    grpo_prompts_per_step=1, threads=1)
+    log = train(data_dir, out, stage="all", recipe=recipe, curves_png=out.parent / "curves.png")
+    return out, log
+
+
+def test_targets_follow_the_contract_and_cover_the_mask(examples):
+    from judo_model.training.data import ground_truth_mask, target_for
+
+    defective = next(e for e in examples if not e.is_normal)
+    normal = next(e for e in examples if e.is_normal)
+    for example in (defective, normal):
+        parsed = parse_output(target_for(example))
+        assert parsed.ok, parsed.parse_error
+        assert parsed.answers == tuple(example.answer_texts)
+        assert not any(len(a) == 1 and a.isupper() for a in parsed.answers), "answers are content, not letters"
+    parsed = parse_output(target_for(defective))
+    mask = ground_truth_mask(defective)
+    assert parsed.defect and parsed.defect_type
+    assert (boxes_to_mask(parsed.boxes, *mask.shape) & mask).sum() >= 0.9 * mask.sum() * 0.5
+    assert parse_output(target_for(normal)).boxes == ()
+
+
+def test_balanced_sampler_leaves_the_verdict_to_the_images(examples):
+    """Prompts without MMAD's "There is a defect" questions are half normal, half defective."""
+    from judo_model.mmad.format import DEFECT_QUESTION_TYPES
+    from judo_model.training.data import BalancedSampler
+
+    draws = BalancedSampler(examples, seed=0).batch(1200)
+    neutral = [d for d in draws if not set(d.question_types) & set(DEFECT_QUESTION_TYPES)]
+    assert 0.44 < np.mean([d.is_normal for d in neutral]) < 0.56
+    detection = [d for d in draws if "Anomaly Detection" in d.question_types]
+    assert 0.44 < np.mean([d.is_normal for d in detection]) < 0.56
+    assert {len(d.questions) == 1 for d in draws} == {True, False}
+    assert all(not d.questions for d in BalancedSampler(examples, questions=False).batch(20))
+
+
+def test_cached_encoder_matches_the_processor(data_dir, examples):
+    from judo_model.modeling import load_model
+    from judo_model.training.data import PromptOptions, example_prompt, target_for
+    from judo_model.training.encoding import CachedEncoder
+    from judo_model.training.evidence import load_evidence
+
+    _, processor = load_model("tiny")
+    encoder = CachedEncoder(processor)
+    evidence = load_evidence(data_dir)
+    rng = random.Random(0)
+    for example in examples[:4]:
+        prompt = example_prompt(example, PromptOptions(domain_knowledge_prob=0.5), evidence, rng)
+        expected = encode_for_training(processor, prompt, target_for(example))
+        for _ in range(2):  # second time from the image cache
+            got = encoder.encode(prompt, target_for(example))
+            assert set(expected) <= set(got)
+            for key in expected:
+                assert torch.equal(expected[key], got[key]), key
+
+
+def test_evidence_images(data_dir, examples):
+    from judo_model.training.evidence import PANEL, load_evidence
+
+    evidence = load_evidence(data_dir)
+    assert set(evidence.thresholds) == set(CATEGORIES)
+    from judo_model.imaging import load_image
+
+    example = examples[0]
+    query = load_image(data_dir / example.key)
+    assert evidence.anomaly_map(example.key).shape == query.shape[:2]
+    assert evidence.render(example.key, query, "heat").size == (PANEL, PANEL)
+    assert evidence.render(example.key, query, "heat_crop").size == (2 * PANEL, PANEL)
+    with pytest.raises(ValueError):
+        evidence.render(example.key, query, "nope")
+
+
+def test_grpo_options_are_decoded_for_the_reward_functions():
+    from judo_model.rewards import answer_accuracy_reward
+    from judo_model.training.grpo import json_options
+
+    reward = json_options(answer_accuracy_reward)
+    completion = "<think>x</think>\n<defect>no</defect>\n<region>[]</region>\n<answer>No.</answer>"
+    assert reward([completion], answer=["B"], options=[json.dumps({"A": "Yes.", "B": "No."})]) == [1.0]
+
+
+def test_smoke_run_of_every_stage(smoke_checkpoint):
+    from judo_model.inference import JudoModel
+
+    out, log = smoke_checkpoint
+    assert [s["stage"] for s in log.stages] == ["seg", "sft", "grpo"]
+    assert all(len(s["steps"]) == 2 for s in log.stages)
+    assert {"reward", "answer_accuracy_reward", "segmentation_iou_reward", "structure_reward"} <= set(
+        log.stages[2]["values"])
+    assert (out.parent / "curves.png").stat().st_size > 1000
+    assert (out / "stages" / "sft" / "model.safetensors").is_file()
+    assert json.loads((out / "judo_training.json").read_text())["recipe"]["evidence_route"] == "heat_crop"
+    judo = JudoModel.load(out)
+    assert judo.model.config.model_type == "qwen2_5_vl"
+
+
+def test_smoke_checkpoint_answers_through_the_mmad_harness(smoke_checkpoint, data_dir):
+    from judo_model.mmad.evaluate import evaluate
+    from judo_model.mmad.format import MMADDataset
+    from judo_model.training.answerer import load_juxtaposed_answerer
+
+    out, _ = smoke_checkpoint
+    answerer = load_juxtaposed_answerer(out, data_dir, max_new_tokens=8)
+    result = evaluate(MMADDataset(data_dir, "mmad.json"), answerer, limit=1)
+    assert result.answers and all(a["question_type"] for a in result.answers)
+
+
+def test_cli_runs_single_stages(data_dir, smoke_checkpoint, tmp_path):
+    from pipelines.cli import main
+
+    base = ["train", "--data", str(data_dir), "--batch-size", "2"]
+    assert main([*base, "--stage", "seg", "--seg-steps", "1", "--out", str(tmp_path / "seg")]) == 0
+    assert main([*base, "--stage", "sft", "--sft-steps", "1", "--init", str(tmp_path / "seg"),
+                 "--evidence-route", "none", "--out", str(tmp_path / "sft")]) == 0
+    with pytest.raises(ValueError, match="init"):
+        main([*base, "--stage", "grpo", "--out", str(tmp_path / "grpo")])
