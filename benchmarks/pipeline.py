@@ -77,7 +77,7 @@ def in_process(config, cameras, frames: int, seed: int) -> dict:
 
     banks = {n: str(p.bank) for n, p in config.products.items()}
     prefilter = PrefilterService(banks, threads=config.prefilter.threads_per_actor)
-    references = ReferenceService({n: str(Path(b) / REFERENCES_SUBDIR) for n, b in banks.items()})
+    references = ReferenceService({n: str(Path(b) / REFERENCES_SUBDIR) for n, b in banks.items()}, threads=1)
     replica = JudoReplica(config.judo.model_dump(mode="json"))
     router = Router(routing_thresholds(config))
     decoder = FrameDecoder(known_products=banks)

@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo = subparsers.add_parser(
         "demo", help="the whole system on this machine: local Kafka and Ray, prefilter, JUDO, live summary, gallery")
     demo.add_argument("--seconds", type=float, default=60.0, help="how long the cameras run")
-    demo.add_argument("--fps", type=float, default=6.0, help="overall camera frame rate")
+    demo.add_argument("--fps", type=float, default=4.0, help="overall camera frame rate")
     demo.add_argument("--defect-rate", type=float, default=0.1)
     demo.add_argument("--lines", type=int, default=3)
     demo.add_argument("--cameras-per-line", type=int, default=2)
