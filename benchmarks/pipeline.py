@@ -2,7 +2,8 @@
 
 Run: ``python benchmarks/pipeline.py --frames 300 --json docs/pipeline_benchmark.json``
 
-1. Max rate: all frames published at once; sustained rate = frames / (last verdict - first frame).
+1. Max rate: all frames (rendered beforehand, as in the in-process run) published at once;
+   sustained rate = frames / (last verdict - first frame).
 2. Paced run at 80 % of that rate: pass-path and JUDO-path latency percentiles.
 3. The same stages called in one process on the same frames (decode, prefilter, route, references,
    JUDO for suspect frames): the compute the pipeline must at least spend. Overhead of Kafka + Ray =
@@ -27,7 +28,7 @@ from cluster.kafka import LocalKafka  # noqa: E402
 from cluster.telemetry import percentile  # noqa: E402
 from pipelines.demo import DEMO_PRODUCTS, SHIPPED_CHECKPOINT, demo_config, prepare_banks  # noqa: E402
 from pipelines.gallery import collect_verdicts  # noqa: E402
-from pipelines.simulator import CameraSimulator, CameraSpec  # noqa: E402
+from pipelines.simulator import CameraSimulator, CameraSpec, publish_frames  # noqa: E402
 
 
 def run_stream(kafka, config, cameras, frames: int, fps: float | None, seed: int, tag: str) -> dict:
@@ -39,9 +40,9 @@ def run_stream(kafka, config, cameras, frames: int, fps: float | None, seed: int
     config = config.model_copy(update={"topics": topics})
     pipeline = Pipeline(config, kafka.settings()).start()
     try:
+        rendered = list(CameraSimulator(cameras, defect_rate=0.1, seed=seed, run_id=tag).frames(frames))
         started = time.time()
-        sent = CameraSimulator(cameras, defect_rate=0.1, seed=seed, run_id=tag).publish(
-            kafka.settings(), topics.frames, frames, fps=fps)
+        sent = publish_frames(kafka.settings(), topics.frames, rendered, fps=fps)
         expected = {s.frame.frame_id for s in sent}
         collected = collect_verdicts(kafka.settings(), topics.verdicts, expected, timeout_s=600)
         finished = max((v.produced_at.timestamp() for v in collected.verdicts.values()), default=time.time())

@@ -169,8 +169,8 @@ class FrameDriver:
         """Pass-path verdicts are written as soon as they are routed; suspect frames finish on their own."""
         decoded: list[DecodedFrame] = []
         rejected: list[Rejected] = []
-        for record in records:
-            outcome = self.decoder.decode(record)
+        # image decoding releases the GIL: off the event loop, batches of other partitions keep moving
+        for outcome in await asyncio.to_thread(lambda: [self.decoder.decode(r) for r in records]):
             (decoded if isinstance(outcome, DecodedFrame) else rejected).append(outcome)
         passed: list[tuple[Verdict, dict]] = []
         passed_items: list[DecodedFrame] = []

@@ -12,7 +12,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from cluster.kafka import KafkaSettings
 from cluster.messages import Frame, frame_to_record, utc_now
@@ -72,28 +72,34 @@ class CameraSimulator:
 
     def publish(self, settings: KafkaSettings, topic: str, count: int, *, fps: float | None = None,
                 truth_path: str | Path | None = None) -> list[SimulatedFrame]:
-        """Publish ``count`` frames (paced at ``fps`` overall when given); return what was sent."""
-        producer = settings.producer()
-        sent: list[SimulatedFrame] = []
-        truth_file = open(truth_path, "a") if truth_path else None
-        started = time.monotonic()
-        try:
-            for n, item in enumerate(self.frames(count)):
-                if fps:
-                    delay = started + n / fps - time.monotonic()
-                    if delay > 0:
-                        time.sleep(delay)
-                with tracer().start_as_current_span("camera.capture") as span:
-                    span.set_attribute("frame_id", item.frame.frame_id)
-                    span.set_attribute("product", item.frame.product)
-                    record = frame_to_record(item.frame, inject_headers())
-                producer.send(topic, key=record.key, value=record.value, headers=record.headers)
-                if truth_file:
-                    truth_file.write(json.dumps(item.truth()) + "\n")
-                sent.append(item)
-            producer.flush(timeout=120)
-        finally:
-            producer.close()
+        """Render and publish ``count`` frames (paced at ``fps`` overall when given); return what was sent."""
+        return publish_frames(settings, topic, self.frames(count), fps=fps, truth_path=truth_path)
+
+
+def publish_frames(settings: KafkaSettings, topic: str, frames: Iterable[SimulatedFrame], *,
+                   fps: float | None = None, truth_path: str | Path | None = None) -> list[SimulatedFrame]:
+    """Publish frames as a camera would: one trace per frame, ground truth beside them."""
+    producer = settings.producer()
+    sent: list[SimulatedFrame] = []
+    truth_file = open(truth_path, "a") if truth_path else None
+    started = time.monotonic()
+    try:
+        for n, item in enumerate(frames):
+            if fps:
+                delay = started + n / fps - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            with tracer().start_as_current_span("camera.capture") as span:
+                span.set_attribute("frame_id", item.frame.frame_id)
+                span.set_attribute("product", item.frame.product)
+                record = frame_to_record(item.frame, inject_headers())
+            producer.send(topic, key=record.key, value=record.value, headers=record.headers)
             if truth_file:
-                truth_file.close()
-        return sent
+                truth_file.write(json.dumps(item.truth()) + "\n")
+            sent.append(item)
+        producer.flush(timeout=120)
+    finally:
+        producer.close()
+        if truth_file:
+            truth_file.close()
+    return sent
