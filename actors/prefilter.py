@@ -708,15 +708,18 @@ class PrefilterService(ProductService):
         carriers: Sequence[dict | None] | None = None,
         frame_ids: Sequence[str] | None = None,
     ) -> list[dict]:
-        """``[{score, threshold, suspect, anomaly_map}]`` per frame, in order.
+        """``[{score, threshold, suspect, anomaly_map, descriptor}]`` per frame, in order.
 
-        ``anomaly_map`` (float32, frame size) is attached to suspect frames only, for
-        JUDO's evidence; ``carriers`` are W3C trace contexts, one per frame, under which a
-        ``prefilter`` span is recorded (with ``frame_ids`` as attributes when given).
+        ``anomaly_map`` (float32, frame size) and ``descriptor`` (the global descriptor the
+        product's reference index is searched with) are attached to suspect frames only, for
+        JUDO's evidence and references without a second backbone pass; ``carriers`` are W3C
+        trace contexts, one per frame, under which a ``prefilter`` span is recorded (with
+        ``frame_ids`` as attributes when given).
         """
         scorer = self.get(product)
         started = time.time_ns()
-        result = scorer.bank.score(frames)
+        embedded = scorer.bank.embed(frames)
+        result = scorer.bank.score_embedded(embedded)
         ended = time.time_ns()
         out = []
         for i, score in enumerate(result.scores):
@@ -726,6 +729,7 @@ class PrefilterService(ProductService):
                 "threshold": scorer.threshold,
                 "suspect": suspect,
                 "anomaly_map": result.anomaly_map(i).astype(np.float32) if suspect else None,
+                "descriptor": embedded.descriptors[i].copy() if suspect else None,
             })
         if carriers is not None:
             _record_spans(product, out, carriers, frame_ids, started, ended)

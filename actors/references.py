@@ -201,6 +201,12 @@ class ReferenceService(ProductService):
         """Per frame, ``k`` reference dicts (id, path, similarity, rank[, image bytes])."""
         return [[r.to_dict(with_bytes) for r in refs] for refs in self.get(product).query(frames, k)]
 
+    def query_descriptors(self, product: str, descriptors: np.ndarray, k: int = 3,
+                          with_bytes: bool = False) -> list[list[dict]]:
+        """As :meth:`query`, from descriptors the prefilter already computed (no backbone pass)."""
+        found = self.get(product).query_descriptors(np.atleast_2d(descriptors), k)
+        return [[r.to_dict(with_bytes) for r in refs] for refs in found]
+
 
 def reference_actor_class(**ray_options):
     """``ray.remote`` class of :class:`ReferenceService` (Ray imported only here)."""

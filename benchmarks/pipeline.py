@@ -90,7 +90,8 @@ def in_process(config, cameras, frames: int, seed: int) -> dict:
         [scored] = prefilter.score_frames(decoded.frame.product, [decoded.image], [decoded.trace])
         decision = router.decide(decoded.frame.product, scored["score"])
         if decision.to_judo:
-            refs = references.query(decoded.frame.product, [decoded.image], config.prefilter.references_k, True)
+            refs = references.query_descriptors(decoded.frame.product, scored["descriptor"],
+                                                config.prefilter.references_k, True)
             replica.infer([JudoFrameRequest(
                 frame_id=decoded.frame.frame_id, camera_id=decoded.frame.camera_id, line_id=decoded.frame.line_id,
                 product=decoded.frame.product, captured_at=decoded.frame.captured_at, query=decoded.image,

@@ -183,7 +183,7 @@ class FrameDriver:
             for item, result in zip(items, scored):
                 decision = self.router.decide(product, result["score"])
                 if decision.to_judo:
-                    judo_jobs.append(self._judo_path(item, decision, result.get("anomaly_map")))
+                    judo_jobs.append(self._judo_path(item, decision, result))
                     continue
                 item.latency_ms["total"] = (time.time() - item.received_at) * 1000
                 passed.append((prefilter_verdict(
@@ -199,8 +199,8 @@ class FrameDriver:
             self.offsets.done(item.position)
         await asyncio.gather(*judo_jobs)
 
-    async def _judo_path(self, item: DecodedFrame, decision, anomaly_map) -> None:
-        outcome, carrier = await self._ask_judo(item, decision, anomaly_map)
+    async def _judo_path(self, item: DecodedFrame, decision, prefilter_result: dict) -> None:
+        outcome, carrier = await self._ask_judo(item, decision, prefilter_result)
         if isinstance(outcome, Verdict):
             await self._write([(outcome, carrier)], [])
             self.stats.verdicts_judo += 1
@@ -233,19 +233,22 @@ class FrameDriver:
             return results
         raise RuntimeError(f"prefilter pool unavailable: {last_error}")
 
-    async def _references(self, item: DecodedFrame) -> list:
+    async def _references(self, item: DecodedFrame, descriptor) -> list:
         from judo_model.imaging import decode_image
 
         started = time.perf_counter()
+        k = self.config.prefilter.references_k
         with tracer().start_as_current_span("references", context=context_from_carrier(item.trace)) as span:
-            refs = await self.references.query.remote(item.frame.product, [item.image],
-                                                      self.config.prefilter.references_k, True)
+            if descriptor is not None:
+                refs = await self.references.query_descriptors.remote(item.frame.product, descriptor, k, True)
+            else:
+                refs = await self.references.query.remote(item.frame.product, [item.image], k, True)
             span.set_attribute("frame_id", item.frame.frame_id)
             span.set_attribute("reference_ids", [r["id"] for r in refs[0]])
         item.latency_ms["references"] = (time.perf_counter() - started) * 1000
         return [decode_image(r["image"]) for r in refs[0]]
 
-    async def _ask_judo(self, item: DecodedFrame, decision, anomaly_map):
+    async def _ask_judo(self, item: DecodedFrame, decision, prefilter_result: dict):
         """References then JUDO, retried with backoff; a frame that never gets an answer is dead-lettered."""
         from pipelines.serve_app import JudoFrameRequest
 
@@ -255,12 +258,13 @@ class FrameDriver:
         for attempt in range(attempts):
             try:
                 if references is None:
-                    references = await self._references(item)
+                    references = await self._references(item, prefilter_result.get("descriptor"))
                 request = JudoFrameRequest(
                     frame_id=item.frame.frame_id, camera_id=item.frame.camera_id, line_id=item.frame.line_id,
                     product=item.frame.product, captured_at=item.frame.captured_at, query=item.image,
                     references=references, anomaly_score=decision.score, threshold=decision.threshold,
-                    anomaly_map=anomaly_map, latency_ms=dict(item.latency_ms), trace=item.trace)
+                    anomaly_map=prefilter_result.get("anomaly_map"), latency_ms=dict(item.latency_ms),
+                    trace=item.trace)
                 response = self.judo.infer.remote(request)
                 verdict = await asyncio.wait_for(response, timeout=self.config.judo.request_timeout_s)
                 total = (time.time() - item.received_at) * 1000

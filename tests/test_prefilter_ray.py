@@ -44,6 +44,20 @@ def test_service_without_ray_matches_core(bank_dir):
         service.score_frames("tire", frames)
 
 
+def test_prefilter_descriptors_find_the_same_references_as_the_images(bank_dir):
+    from actors.references import ReferenceService
+
+    out, frames = bank_dir
+    results = PrefilterService({"bottle": str(out)}, threads=1).score_frames("bottle", frames)
+    references = ReferenceService({"bottle": str(out / REFERENCES_SUBDIR)}, threads=1)
+    for result, frame in zip(results, frames):
+        assert (result["descriptor"] is not None) == result["suspect"]
+        if result["suspect"]:
+            by_descriptor = references.query_descriptors("bottle", result["descriptor"], 3)
+            by_image = references.query("bottle", [frame], 3)
+            assert [r["id"] for r in by_descriptor[0]] == [r["id"] for r in by_image[0]]
+
+
 def test_ray_actors_wrap_the_cores(bank_dir):
     ray = pytest.importorskip("ray")
     out, frames = bank_dir
