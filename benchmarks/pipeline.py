@@ -26,7 +26,8 @@ from rich.table import Table  # noqa: E402
 
 from cluster.kafka import LocalKafka  # noqa: E402
 from cluster.telemetry import percentile  # noqa: E402
-from pipelines.demo import DEMO_PRODUCTS, SHIPPED_CHECKPOINT, demo_config, prepare_banks  # noqa: E402
+from pipelines.commands import SHIPPED_CHECKPOINT  # noqa: E402
+from pipelines.demo import DEMO_PRODUCTS, demo_config, prepare_banks  # noqa: E402
 from pipelines.gallery import collect_verdicts  # noqa: E402
 from pipelines.simulator import CameraSimulator, CameraSpec, publish_frames  # noqa: E402
 

@@ -574,15 +574,7 @@ class LocalKafka:
     @classmethod
     def from_description(cls, state: dict[str, Any]) -> "LocalKafka":
         """Re-attach to brokers started by another process (see ``judo kafka up``)."""
-        kafka = cls.__new__(cls)
-        kafka.version = state["version"]
-        kafka.heap = "384m"
-        kafka.broker_overrides = {}
-        kafka.listener = "PLAINTEXT"
-        kafka.sasl_users = {}
-        kafka.start_timeout_s = 90.0
-        kafka._own_dir = False
-        kafka.root = Path(state["root"])
+        kafka = cls(brokers=len(state["nodes"]), data_dir=state["root"], version=state["version"])
         kafka.cluster_id = state["cluster_id"]
         kafka.nodes = [
             BrokerNode(node_id=n["node_id"], port=n["port"], controller_port=n["controller_port"],

@@ -153,7 +153,6 @@ def _exporters_from_env(trace_file: str | Path | None, console: bool | None) -> 
 
 def shutdown_tracing() -> None:
     """Flush and close exporters (call before a process exits)."""
-    global _provider
     with _lock:
         if _provider is not None:
             _provider.shutdown()

@@ -22,7 +22,6 @@ from rich.live import Live
 
 from cluster.kafka import LocalKafka
 from cluster.telemetry import percentile, read_spans, setup_tracing, shutdown_tracing, summarize_spans
-from pipelines.commands import SHIPPED_CHECKPOINT
 from pipelines.config import PipelineConfig
 from pipelines.gallery import collect_verdicts, gallery_card, score_against_truth, write_gallery
 from pipelines.simulator import CameraSimulator, CameraSpec

@@ -18,10 +18,10 @@ import logging
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from cluster.kafka import KafkaSettings
-from cluster.messages import DeadLetter, Verdict, dead_letter_for, frame_to_record
+from cluster.messages import Verdict, dead_letter_for, frame_to_record
 from cluster.telemetry import context_from_carrier, setup_tracing, trace_id_hex, tracer
 from actors.ingest import DecodedFrame, FrameDecoder, OffsetTracker, RawRecord, Rejected
 from actors.routing import Router, prefilter_verdict
@@ -44,12 +44,8 @@ class DriverStats:
     latencies_judo_ms: deque = field(default_factory=lambda: deque(maxlen=5000))
 
     def as_dict(self) -> dict:
-        return {
-            "frames_in": self.frames_in, "verdicts_prefilter": self.verdicts_prefilter,
-            "verdicts_judo": self.verdicts_judo, "dead_letters": self.dead_letters,
-            "judo_retries": self.judo_retries, "paused_polls": self.paused_polls, "commits": self.commits,
-            "latencies_pass_ms": list(self.latencies_pass_ms), "latencies_judo_ms": list(self.latencies_judo_ms),
-        }
+        """Every field, latency windows as plain lists (they cross Ray calls)."""
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), deque) else v for f in fields(self)}
 
 
 class FrameDriver:

@@ -22,20 +22,26 @@ from judo_model.prompting import Question
 
 
 @dataclass
-class JudoRequest:
-    """One suspect frame with its juxtaposition context."""
+class JudoFrameRequest:
+    """Everything a replica needs to give one suspect frame its verdict: the frame, its
+    juxtaposition context (k normal references, the prefilter's anomaly map and threshold)."""
 
     frame_id: str
+    camera_id: str
+    line_id: str
     product: str
+    captured_at: object
     query: np.ndarray
     references: list[np.ndarray]
+    anomaly_score: float
+    threshold: float
     anomaly_map: np.ndarray | None = None
-    threshold: float = 1.0
     questions: list[Question] | None = None
+    latency_ms: dict[str, float] = field(default_factory=dict)
     trace: dict[str, str] = field(default_factory=dict)
 
 
-def prompt_images(request: JudoRequest, options) -> tuple:
+def prompt_images(request: JudoFrameRequest, options) -> tuple:
     """(reference, query, evidence) as the checkpoint saw them in training (``options`` from
     :func:`judo_model.training.pipeline.prompt_options_of`)."""
     from judo_model.training.data import shown
@@ -59,7 +65,7 @@ class JudoResult:
 class JudoEngine(Protocol):
     model_version: str
 
-    def infer(self, requests: list[JudoRequest]) -> list[JudoResult]: ...
+    def infer(self, requests: list[JudoFrameRequest]) -> list[JudoResult]: ...
 
 
 def model_version_of(checkpoint: Path) -> str:
@@ -92,7 +98,7 @@ class TransformersEngine:
         self.max_new_tokens = max_new_tokens
         self.model_version = model_version_of(Path(checkpoint))
 
-    def infer(self, requests: list[JudoRequest]) -> list[JudoResult]:
+    def infer(self, requests: list[JudoFrameRequest]) -> list[JudoResult]:
         results = []
         for request in requests:
             started = time.perf_counter()
@@ -133,7 +139,7 @@ class VllmEngine:
         self.sampling = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
         self.model_version = model_version_of(Path(checkpoint))
 
-    def infer(self, requests: list[JudoRequest]) -> list[JudoResult]:
+    def infer(self, requests: list[JudoFrameRequest]) -> list[JudoResult]:
         from judo_model.prompting import build_prompt, prompt_text
 
         inputs = []

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -21,29 +20,10 @@ from cluster.messages import Answer, Defect, RLEMask, Verdict, canonical_defect_
 from cluster.telemetry import context_from_carrier, setup_tracing, trace_id_hex, tracer
 from judo_model.output import COORDINATE_SCALE, boxes_to_mask, choose_option
 from judo_model.prompting import Question
-from pipelines.engines import JudoRequest, JudoResult, make_engine
+from pipelines.engines import JudoFrameRequest, JudoResult, make_engine
 
 DEPLOYMENT_NAME = "judo"
 APP_NAME = "judo"
-
-
-@dataclass
-class JudoFrameRequest:
-    """Everything a replica needs to give one suspect frame its verdict."""
-
-    frame_id: str
-    camera_id: str
-    line_id: str
-    product: str
-    captured_at: object
-    query: np.ndarray
-    references: list[np.ndarray]
-    anomaly_score: float
-    threshold: float
-    anomaly_map: np.ndarray | None = None
-    questions: list[Question] | None = None
-    latency_ms: dict[str, float] = field(default_factory=dict)
-    trace: dict[str, str] = field(default_factory=dict)
 
 
 def grounded_mask(boxes: list, height: int, width: int, anomaly_map: np.ndarray | None) -> np.ndarray:
@@ -107,12 +87,7 @@ class JudoReplica:
 
     def infer(self, requests: list[JudoFrameRequest]) -> list[Verdict]:
         started = time.perf_counter()
-        engine_requests = [
-            JudoRequest(frame_id=r.frame_id, product=r.product, query=r.query, references=r.references,
-                        anomaly_map=r.anomaly_map, threshold=r.threshold, questions=r.questions, trace=r.trace)
-            for r in requests
-        ]
-        results = self.engine.infer(engine_requests)
+        results = self.engine.infer(requests)
         ended = time.perf_counter()
         verdicts = []
         for request, result in zip(requests, results):

@@ -14,7 +14,8 @@ import pytest
 from cluster.messages import Frame, frame_to_record
 from cluster.telemetry import read_spans, setup_tracing
 from judo_model.imaging import encode_png
-from pipelines.demo import SHIPPED_CHECKPOINT, demo_config, prepare_banks
+from pipelines.commands import SHIPPED_CHECKPOINT
+from pipelines.demo import demo_config, prepare_banks
 from pipelines.gallery import collect_verdicts
 from pipelines.simulator import CameraSimulator, CameraSpec
 
