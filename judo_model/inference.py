@@ -55,12 +55,14 @@ class JudoModel:
         questions: Sequence[Question] | None = None,
         domain_knowledge: str | None = None,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        evidence_note: str | None = None,
     ) -> tuple[str, ParsedOutput]:
         """Greedy-decode one answer; returns the raw text and its parse."""
         inputs = self._inputs(
             reference_image=reference_image,
             query_image=query_image,
             evidence_image=evidence_image,
+            evidence_note=evidence_note,
             questions=questions,
             domain_knowledge=domain_knowledge,
         )
@@ -80,6 +82,7 @@ class JudoModel:
         reasoning_prefix: str | None = None,
         length_normalized: bool = False,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        evidence_note: str | None = None,
     ) -> dict[str, float]:
         """Log-likelihood of each option's text as the answer, after the model's own reasoning.
 
@@ -93,6 +96,7 @@ class JudoModel:
             reference_image=reference_image,
             query_image=query_image,
             evidence_image=evidence_image,
+            evidence_note=evidence_note,
             questions=[question],
             domain_knowledge=domain_knowledge,
         )
@@ -141,7 +145,9 @@ class JudoMMADAnswerer:
     keeps the generated reasoning and region, then picks the option with the highest
     length-normalized log-likelihood. The reply text ends with the letter, because MMAD's
     scorer reads the last standalone capital A-E; the predicted boxes go along (0-1
-    coordinates) for the harness's grounding metrics.
+    coordinates) for the harness's grounding metrics, with the refined mask and the anomaly
+    map when the model object can give them (``grounding(query_image, boxes)``, as
+    :class:`judo_model.training.answerer.JuxtaposedJudo` does).
     """
 
     def __init__(self, judo: JudoModel, name: str, mode: str = "generate", max_new_tokens: int = 128):
@@ -174,7 +180,10 @@ class JudoMMADAnswerer:
         text = f"{stated}\nAnswer: {letter}" if letter else stated
         readable = parsed.checks["region"] and parsed.checks["boxes"]
         boxes = [tuple(v / COORDINATE_SCALE for v in box) for box in parsed.boxes] if readable else []
-        return GroundedAnswer(text=text, boxes=boxes)
+        mask = anomaly_map = None
+        if hasattr(self.judo, "grounding"):
+            mask, anomaly_map = self.judo.grounding(query.image_path, parsed.boxes if readable else ())
+        return GroundedAnswer(text=text, boxes=boxes, mask=mask, anomaly_map=anomaly_map)
 
 
 def load_mmad_answerer(path: str | Path, mode: str = "generate", max_new_tokens: int = 128) -> JudoMMADAnswerer:

@@ -27,6 +27,8 @@ import numpy as np
 
 #: Normalized coordinate range of region boxes (Qwen2-VL grounding convention).
 COORDINATE_SCALE = 1000
+#: Written boxes are rounded outwards to this grid (fewer distinct numbers to learn).
+BOX_STEP = 25
 
 Box = tuple[int, int, int, int]
 
@@ -38,12 +40,10 @@ ALL_TAGS = (*SINGLE_TAGS, ANSWER_TAG)
 STRUCTURE_CHECKS = ("tags", "order", "region", "boxes", "consistent")
 
 CONTRACT_INSTRUCTIONS = (
-    "Answer in exactly this format:\n"
-    "<think>a short comparison of the query image with the normal reference</think>\n"
-    "<defect>no</defect> if the query is normal, or <defect>yes: defect type</defect>\n"
-    "<region>[[x1, y1, x2, y2], ...]</region> boxes around each defect in coordinates from 0 to "
-    f"{COORDINATE_SCALE}, or [] if there is no defect\n"
-    "<answer>the text of the chosen option</answer> once per question, in question order"
+    "Reply with <think>how the query differs from the reference</think>, "
+    "<defect>no</defect> or <defect>yes: defect type</defect>, "
+    f"<region>[[x1, y1, x2, y2], ...]</region> (0 to {COORDINATE_SCALE}, [] if normal), "
+    "then <answer>the chosen option's text</answer> per question."
 )
 
 _TAG_PATTERN = re.compile(r"<(/?)(think|defect|region|answer)>", re.IGNORECASE)
@@ -345,3 +345,24 @@ def mask_to_boxes(mask: np.ndarray, min_pixels: int = 1) -> list[Box]:
             )
         )
     return boxes
+
+
+def snap_box(box: Sequence[float]) -> Box:
+    """``box`` rounded outwards to the :data:`BOX_STEP` grid, at least one step wide and high."""
+    x1, y1, x2, y2 = box
+
+    def down(value: float) -> int:
+        return int(math.floor(value / BOX_STEP) * BOX_STEP)
+
+    def up(value: float) -> int:
+        return int(min(COORDINATE_SCALE, math.ceil(value / BOX_STEP) * BOX_STEP))
+
+    return down(x1), down(y1), max(up(x2), down(x1) + BOX_STEP), max(up(y2), down(y1) + BOX_STEP)
+
+
+def largest_boxes(mask: np.ndarray, count: int, min_blob_fraction: float = 0.0) -> list[Box]:
+    """Snapped boxes of the ``count`` largest blobs of ``mask`` (small blobs dropped unless none is left)."""
+    min_pixels = max(1, int(np.asarray(mask).size * min_blob_fraction))
+    boxes = mask_to_boxes(mask, min_pixels=min_pixels) or mask_to_boxes(mask)
+    boxes.sort(key=lambda b: (b[2] - b[0]) * (b[3] - b[1]), reverse=True)
+    return [snap_box(b) for b in boxes[:count]]

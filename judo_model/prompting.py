@@ -23,9 +23,9 @@ from judo_model.output import CONTRACT_INSTRUCTIONS
 
 #: Label of each image role, in the order the images appear in every prompt.
 IMAGE_ROLES = {
-    "reference": "a normal (defect-free) reference sample of the same product",
-    "query": "the query image to inspect",
-    "evidence": "an anomaly map from the prefilter; bright areas differ most from normal samples",
+    "reference": "a normal reference of the same product",
+    "query": "the query to inspect",
+    "evidence": "the prefilter's evidence (bright where unlike normal samples)",
 }
 
 #: Label id ignored by the loss (prompt tokens).
@@ -76,13 +76,15 @@ def build_prompt(
     query_image: ImageLike,
     *,
     evidence_image: ImageLike | None = None,
+    evidence_note: str | None = None,
     questions: Sequence[Question] | None = None,
     domain_knowledge: str | None = None,
 ) -> JudoPrompt:
     """One user message juxtaposing the images (reference, query, evidence) and the task.
 
     Without a reference (0-shot) the query is image 1; the text always names the images
-    that are actually shown, by number.
+    that are actually shown, by number. ``evidence_note`` is the prefilter's evidence in
+    words (score and hottest region), for checkpoints trained with it.
     """
     named_images = [
         (role, image)
@@ -100,6 +102,8 @@ def build_prompt(
         + (" by comparing it with the normal reference (image 1)." if reference_image is not None else ".")
     )
     parts = [task]
+    if evidence_note and evidence_note.strip():
+        parts.append(evidence_note.strip())
     if domain_knowledge and domain_knowledge.strip():
         parts.append("Domain knowledge about this product:\n" + domain_knowledge.strip())
     if questions:

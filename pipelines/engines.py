@@ -1,6 +1,6 @@
 """JUDO inference engines behind one interface: transformers (CPU or GPU) and vLLM (GPU).
 
-Both show a checkpoint exactly what it was trained on (:func:`prompt_images`: the images at the
+Both show a checkpoint exactly what it was trained on (:func:`prompt_inputs`: the images at the
 training size, the evidence image rendered by the training code from the prefilter's anomaly map,
 the reference only if training used one), build the prompt with
 :func:`judo_model.prompting.build_prompt` and read the output with
@@ -41,17 +41,18 @@ class JudoFrameRequest:
     trace: dict[str, str] = field(default_factory=dict)
 
 
-def prompt_images(request: JudoFrameRequest, options) -> tuple:
-    """(reference, query, evidence) as the checkpoint saw them in training (``options`` from
-    :func:`judo_model.training.pipeline.prompt_options_of`)."""
+def prompt_inputs(request: JudoFrameRequest, options) -> dict:
+    """``build_prompt`` keyword arguments showing the request as the checkpoint saw its training
+    prompts (``options`` from :func:`judo_model.training.pipeline.prompt_options_of`)."""
     from judo_model.training.data import shown
-    from judo_model.training.evidence import render_evidence
+    from judo_model.training.evidence import EvidenceInputs, evidence_inputs
 
     reference = shown(request.references[0]) if options.reference and request.references else None
-    evidence = None
+    evidence = EvidenceInputs()
     if options.evidence_route and request.anomaly_map is not None:
-        evidence = render_evidence(request.query, request.anomaly_map, request.threshold, options.evidence_route)
-    return reference, shown(request.query), evidence
+        evidence = evidence_inputs(request.query, request.anomaly_map, request.threshold, options.evidence_route)
+    return dict(reference_image=reference, query_image=shown(request.query), evidence_image=evidence.image,
+                evidence_note=evidence.note, questions=request.questions)
 
 
 @dataclass
@@ -102,11 +103,8 @@ class TransformersEngine:
         results = []
         for request in requests:
             started = time.perf_counter()
-            reference, query, evidence = prompt_images(request, self.options)
-            raw, parsed = self.judo.generate(
-                reference_image=reference, query_image=query, evidence_image=evidence,
-                questions=request.questions, max_new_tokens=self.max_new_tokens,
-            )
+            raw, parsed = self.judo.generate(**prompt_inputs(request, self.options),
+                                             max_new_tokens=self.max_new_tokens)
             results.append(JudoResult(raw, parsed, self.model_version, (time.perf_counter() - started) * 1000))
         return results
 
@@ -144,9 +142,7 @@ class VllmEngine:
 
         inputs = []
         for request in requests:
-            reference, query, evidence = prompt_images(request, self.options)
-            prompt = build_prompt(reference_image=reference, query_image=query, evidence_image=evidence,
-                                  questions=request.questions)
+            prompt = build_prompt(**prompt_inputs(request, self.options))
             inputs.append({"prompt": prompt_text(self.processor, prompt),
                            "multi_modal_data": {"image": list(prompt.images)}})
         started = time.perf_counter()

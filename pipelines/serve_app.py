@@ -18,29 +18,13 @@ import numpy as np
 
 from cluster.messages import Answer, Defect, RLEMask, Verdict, canonical_defect_type
 from cluster.telemetry import context_from_carrier, setup_tracing, trace_id_hex, tracer
-from judo_model.output import COORDINATE_SCALE, boxes_to_mask, choose_option
+from judo_model.output import COORDINATE_SCALE, choose_option
 from judo_model.prompting import Question
+from judo_model.training.evidence import refine_region
 from pipelines.engines import JudoFrameRequest, JudoResult, make_engine
 
 DEPLOYMENT_NAME = "judo"
 APP_NAME = "judo"
-
-
-def grounded_mask(boxes: list, height: int, width: int, anomaly_map: np.ndarray | None) -> np.ndarray:
-    """The model's region refined by the anomaly map: anomalous pixels inside the boxes.
-
-    Falls back to the filled boxes when the map has nothing inside them.
-    """
-    region = boxes_to_mask(boxes, height, width)
-    if anomaly_map is None or not region.any():
-        return region
-    amap = np.asarray(anomaly_map, dtype=np.float32)
-    if amap.shape != (height, width):
-        return region
-    inside = amap[region]
-    cut = inside.min() + 0.5 * (inside.max() - inside.min())
-    refined = region & (amap >= cut)
-    return refined if refined.any() else region
 
 
 def verdict_from_result(request: JudoFrameRequest, result: JudoResult) -> Verdict:
@@ -51,7 +35,7 @@ def verdict_from_result(request: JudoFrameRequest, result: JudoResult) -> Verdic
     defect = None
     is_anomalous = bool(parsed.defect) if parsed.defect is not None else request.anomaly_score > request.threshold
     if is_anomalous:
-        mask = grounded_mask(boxes, height, width, request.anomaly_map)
+        mask = refine_region(boxes, height, width, request.anomaly_map)
         defect = Defect(
             type=canonical_defect_type(parsed.defect_type),
             boxes=[[min(max(c / COORDINATE_SCALE, 0.0), 1.0) for c in box] for box in boxes],

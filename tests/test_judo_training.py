@@ -97,20 +97,36 @@ def test_cached_encoder_matches_the_processor(data_dir, examples):
                 assert torch.equal(expected[key], got[key]), key
 
 
-def test_evidence_images(data_dir, examples):
-    from judo_model.training.evidence import PANEL, load_evidence
+def test_evidence_inputs(data_dir, examples):
+    from judo_model.imaging import load_image
+    from judo_model.training.evidence import PANEL, load_evidence, render_evidence
 
     evidence = load_evidence(data_dir)
     assert set(evidence.thresholds) == set(CATEGORIES)
-    from judo_model.imaging import load_image
-
     example = examples[0]
     query = load_image(data_dir / example.key)
     assert evidence.anomaly_map(example.key).shape == query.shape[:2]
-    assert evidence.render(example.key, query, "heat").size == (PANEL, PANEL)
-    assert evidence.render(example.key, query, "heat_crop").size == (2 * PANEL, PANEL)
+    assert evidence.inputs(example.key, query, "heat").image.size == (PANEL, PANEL)
+    crop_only = evidence.inputs(example.key, query, "heat_crop")
+    assert crop_only.image.size == (2 * PANEL, PANEL) and crop_only.note is None
+    with_text = evidence.inputs(example.key, query, "heat_crop_text")
+    assert with_text.image.tobytes() == crop_only.image.tobytes()
+    assert with_text.note.startswith("Prefilter: anomaly score ") and "hottest at [" in with_text.note
     with pytest.raises(ValueError):
-        evidence.render(example.key, query, "nope")
+        render_evidence(query, evidence.anomaly_map(example.key), 1.0, "nope")
+
+
+def test_evidence_note_states_the_score_and_the_hottest_box():
+    from judo_model.training.evidence import evidence_note, hottest_boxes, refine_region
+
+    anomaly_map = np.zeros((100, 200), np.float32)
+    anomaly_map[20:40, 100:150] = 3.0
+    anomaly_map[25:30, 110:120] = 4.0
+    assert hottest_boxes(anomaly_map, threshold=2.0) == [(550, 250, 600, 300)]
+    assert evidence_note(anomaly_map, 2.0) == "Prefilter: anomaly score 2.0 x threshold, hottest at [550, 250, 600, 300]."
+    assert evidence_note(anomaly_map * 0.1, 2.0).startswith("Prefilter: anomaly score 0.2 x")
+    region = refine_region([(450, 100, 800, 500)], 100, 200, anomaly_map)
+    assert region.sum() == 20 * 50 and region[20:40, 100:150].all()
 
 
 def test_grpo_options_are_decoded_for_the_reward_functions():
@@ -132,7 +148,7 @@ def test_smoke_run_of_every_stage(smoke_checkpoint):
         log.stages[2]["values"])
     assert (out.parent / "curves.png").stat().st_size > 1000
     assert (out / "stages" / "sft" / "model.safetensors").is_file()
-    assert json.loads((out / "judo_training.json").read_text())["recipe"]["evidence_route"] == "heat_crop"
+    assert json.loads((out / "judo_training.json").read_text())["recipe"]["evidence_route"] == "heat_crop_text"
     judo = JudoModel.load(out)
     assert judo.model.config.model_type == "qwen2_5_vl"
 

@@ -16,7 +16,8 @@ from judo_model.output import format_target, parse_output
 from judo_model.prompting import Question
 from pipelines.config import parse_config
 from pipelines.engines import JudoResult
-from pipelines.serve_app import JudoFrameRequest, grounded_mask, verdict_from_result
+from judo_model.training.evidence import refine_region
+from pipelines.serve_app import JudoFrameRequest, verdict_from_result
 
 
 def request(**overrides) -> JudoFrameRequest:
@@ -54,7 +55,7 @@ def test_normal_answer_gives_a_clean_verdict_and_garbage_gives_a_parse_error():
 
 
 def test_grounded_mask_falls_back_to_boxes_without_a_map():
-    mask = grounded_mask([[0, 0, 500, 500]], 10, 10, None)
+    mask = refine_region([[0, 0, 500, 500]], 10, 10, None)
     assert mask.sum() == 25 and mask[:5, :5].all()
 
 

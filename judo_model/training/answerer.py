@@ -2,10 +2,11 @@
 
 The harness's :class:`judo_model.inference.JudoMMADAnswerer` shows the reference and the
 query only. A checkpoint trained by ``judo train`` may also expect the prefilter's evidence
-image, and was trained on reference and query at :data:`IMAGE_SIDE` px. :class:`JuxtaposedJudo`
-wraps :class:`judo_model.inference.JudoModel` so that the same answerer builds exactly the
-training prompt: it resizes the images and adds the evidence image (from the data folder's
-cached maps, or live from the saved PatchCore banks).
+(image and note), and was trained on reference and query at :data:`IMAGE_SIDE` px.
+:class:`JuxtaposedJudo` wraps :class:`judo_model.inference.JudoModel` so that the same
+answerer builds exactly the training prompt: it resizes the images and adds the evidence
+(from the data folder's cached maps, or live from the saved PatchCore banks), and refines
+the model's boxes into a mask with the same anomaly map.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import numpy as np
 from judo_model.imaging import load_image
 from judo_model.inference import JudoMMADAnswerer, JudoModel
 from judo_model.training.data import PromptOptions, shown
-from judo_model.training.evidence import BANKS_FOLDER, BankEvidence, EvidenceCache, evidence_dir, render_evidence
+from judo_model.training.evidence import (BANKS_FOLDER, BankEvidence, EvidenceCache, evidence_dir, evidence_inputs,
+                                          refine_region)
 from judo_model.training.pipeline import prompt_options_of
 
 
@@ -33,7 +35,7 @@ def image_key(path: str | Path, depth: int = 5) -> str:
 
 
 class JuxtaposedJudo:
-    """``JudoModel.generate`` with the training-time image sizes and evidence image added."""
+    """``JudoModel.generate`` / ``score_options`` with the training-time image sizes and evidence."""
 
     def __init__(self, judo: JudoModel, options: PromptOptions, cache: EvidenceCache | None = None,
                  banks: BankEvidence | None = None):
@@ -42,26 +44,43 @@ class JuxtaposedJudo:
         self.cache = cache
         self.banks = banks
 
-    def evidence(self, query_path, query: np.ndarray):
-        if not self.options.evidence_route:
-            return None
+    def anomaly_map(self, query_path, query: np.ndarray) -> tuple[np.ndarray, float]:
+        """The query's anomaly map and its category's threshold (cache first, then the saved bank)."""
         key = image_key(query_path) if isinstance(query_path, (str, Path)) else None
         if self.cache is not None and key in self.cache.keys:
-            return self.cache.render(key, query, self.options.evidence_route)
+            return self.cache.anomaly_map(key), self.cache.threshold(key)
         if self.banks is not None and key is not None:
-            return self.banks.render(key.split("/")[1], query, self.options.evidence_route)
+            return self.banks.anomaly_map(key.split("/")[1], query)
         raise ValueError(f"no evidence for {query_path}: not in the cache and no bank for its category")
 
-    def generate(self, reference_image, query_image, evidence_image=None, **kwargs):
+    def _prompt_kwargs(self, reference_image, query_image) -> dict:
         query = _pixels(query_image)
-        if evidence_image is None:
-            evidence_image = self.evidence(query_image, query)
+        evidence = evidence_inputs(query, *self.anomaly_map(query_image, query), self.options.evidence_route) \
+            if self.options.evidence_route else None
         reference = shown(_pixels(reference_image)) if reference_image is not None and self.options.reference else None
-        return self.judo.generate(reference, shown(query), evidence_image=evidence_image, **kwargs)
+        return dict(reference_image=reference, query_image=shown(query),
+                    evidence_image=evidence.image if evidence else None,
+                    evidence_note=evidence.note if evidence else None)
+
+    def generate(self, reference_image, query_image, **kwargs):
+        return self.judo.generate(**self._prompt_kwargs(reference_image, query_image), **kwargs)
+
+    def score_options(self, reference_image, query_image, **kwargs):
+        return self.judo.score_options(**self._prompt_kwargs(reference_image, query_image), **kwargs)
+
+    def grounding(self, query_image, boxes) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(the boxes refined by the anomaly map, the anomaly map) at the query's size."""
+        if not self.options.evidence_route:
+            return None, None
+        query = _pixels(query_image)
+        anomaly_map, _ = self.anomaly_map(query_image, query)
+        height, width = query.shape[:2]
+        return refine_region(list(boxes), height, width, anomaly_map), anomaly_map
 
 
 def load_juxtaposed_answerer(checkpoint: str | Path, data_dir: str | Path | None = None,
-                             max_new_tokens: int = 96, name: str | None = None) -> JudoMMADAnswerer:
+                             max_new_tokens: int = 96, name: str | None = None,
+                             mode: str = "generate") -> JudoMMADAnswerer:
     """An MMAD answerer for a ``judo train`` checkpoint; evidence from ``data_dir``'s cache and banks."""
     from judo_model.training.evidence import load_evidence
 
@@ -72,7 +91,7 @@ def load_juxtaposed_answerer(checkpoint: str | Path, data_dir: str | Path | None
         cache = load_evidence(data_dir)
         banks = BankEvidence(evidence_dir(data_dir) / BANKS_FOLDER)
     judo = JuxtaposedJudo(JudoModel.load(checkpoint), options, cache, banks)
-    return JudoMMADAnswerer(judo, name=name or f"judo-{checkpoint.name}", max_new_tokens=max_new_tokens)
+    return JudoMMADAnswerer(judo, name=name or f"judo-{checkpoint.name}", max_new_tokens=max_new_tokens, mode=mode)
 
 
-__all__ = ["JuxtaposedJudo", "load_juxtaposed_answerer", "render_evidence"]
+__all__ = ["JuxtaposedJudo", "load_juxtaposed_answerer"]

@@ -24,14 +24,12 @@ from judo_model.data.knowledge import category_facts
 from judo_model.data.questions import REGIONS, region_of
 from judo_model.imaging import load_image, load_mask
 from judo_model.mmad.format import DEFECT_QUESTION_TYPES, MMADDataset, MMADItem
-from judo_model.output import COORDINATE_SCALE, format_target, mask_to_boxes
+from judo_model.output import format_target, largest_boxes
 from judo_model.prompting import JudoPrompt, Question, build_prompt
-from judo_model.training.evidence import DEFAULT_ROUTE, EvidenceCache, render_evidence
+from judo_model.training.evidence import DEFAULT_ROUTE, EvidenceCache, EvidenceInputs
 
 #: Side the reference and query are shown at (4x4 merged visual tokens each).
 IMAGE_SIDE = 112
-#: Box coordinates are rounded outwards to this grid (fewer distinct numbers to learn).
-BOX_STEP = 25
 MAX_BOXES = 3
 MIN_BLOB_FRACTION = 0.002
 
@@ -89,19 +87,9 @@ def load_examples(root: str | Path, questions_file: str) -> list[Example]:
     return examples
 
 
-def snap_box(box) -> tuple[int, int, int, int]:
-    x1, y1, x2, y2 = box
-    down = lambda v: int(np.floor(v / BOX_STEP) * BOX_STEP)  # noqa: E731
-    up = lambda v: int(min(COORDINATE_SCALE, np.ceil(v / BOX_STEP) * BOX_STEP))  # noqa: E731
-    return down(x1), down(y1), max(up(x2), down(x1) + BOX_STEP), max(up(y2), down(y1) + BOX_STEP)
-
-
 def target_boxes(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
     """The largest blobs of ``mask`` as snapped 0-1000 boxes (at least one for a non-empty mask)."""
-    min_pixels = max(1, int(mask.size * MIN_BLOB_FRACTION))
-    boxes = mask_to_boxes(mask, min_pixels=min_pixels) or mask_to_boxes(mask)
-    boxes.sort(key=lambda b: (b[2] - b[0]) * (b[3] - b[1]), reverse=True)
-    return [snap_box(b) for b in boxes[:MAX_BOXES]]
+    return largest_boxes(mask, MAX_BOXES, MIN_BLOB_FRACTION)
 
 
 @lru_cache(maxsize=8192)
@@ -170,16 +158,16 @@ def example_prompt(example: Example, options: PromptOptions, evidence: EvidenceC
     if options.reference and example.references:
         ref_key = rng.choice(example.references) if rng else example.references[0]
         reference = shown(_pixels(str(example.root / ref_key)))
-    evidence_image = None
+    evidence_shown = EvidenceInputs()
     if options.evidence_route:
         if evidence is None:
             raise ValueError("this stage needs cached evidence maps (run prepare_evidence first)")
-        evidence_image = render_evidence(query, evidence.anomaly_map(example.key), evidence.threshold(example.key),
-                                         options.evidence_route)
+        evidence_shown = evidence.inputs(example.key, query, options.evidence_route)
     if use_knowledge is None:
         use_knowledge = rng is not None and rng.random() < options.domain_knowledge_prob
     knowledge = knowledge_text(example.root, example.category) if use_knowledge else None
-    return build_prompt(reference, shown(query), evidence_image=evidence_image,
+    return build_prompt(reference, shown(query), evidence_image=evidence_shown.image,
+                        evidence_note=evidence_shown.note,
                         questions=list(example.questions) or None, domain_knowledge=knowledge)
 
 
@@ -234,7 +222,10 @@ def tokenizer_corpus_texts(root: str | Path, files: tuple[str, ...] = ("mmad_tra
     from judo_model.prompting import IMAGE_ROLES
     from judo_model.output import CONTRACT_INSTRUCTIONS
 
+    from judo_model.training.evidence import MAX_SCORE_RATIO, NOTE_FORMAT
+
     texts = [CONTRACT_INSTRUCTIONS, *IMAGE_ROLES.values()] * 50
+    texts += [NOTE_FORMAT.format(ratio=tenths / 10, box=[0, 0, 25, 25]) for tenths in range(int(MAX_SCORE_RATIO * 10) + 1)]
     for name in files:
         for example in load_examples(root, name):
             for question in example.questions:

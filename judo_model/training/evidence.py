@@ -15,8 +15,15 @@ give near-zero maps that never occur at test time, so they are scored out-of-fol
 
 - ``heat``: the map divided by the category's calibrated threshold, as a heat image
   (black: like normal samples; yellow/white: beyond the routing threshold);
-- ``heat_crop`` (default): the heat image beside a 3x zoomed crop of the query centred
-  on the hottest location, so even a small from-scratch vision tower sees the defect large.
+- ``heat_crop``: the heat image beside a 3x zoomed crop of the query centred on the
+  hottest location, so even a small from-scratch vision tower sees the defect large;
+- ``heat_crop_text`` (default): ``heat_crop`` plus the same evidence in words
+  (:func:`evidence_note`: the score relative to the routing threshold and the hottest
+  region as a box in the output contract's coordinates). A tiny model reads a number and
+  copies a box far sooner than it learns to read them off 4x4 visual tokens; a 7B reads both.
+
+:func:`refine_region` is the other direction: the model's boxes, cut down to the pixels the
+anomaly map marks inside them, are the verdict's mask.
 """
 
 from __future__ import annotations
@@ -30,13 +37,17 @@ import numpy as np
 from PIL import Image
 
 from judo_model.imaging import load_image
+from judo_model.output import Box, boxes_to_mask, largest_boxes
 
-EVIDENCE_ROUTES = ("heat", "heat_crop")
-DEFAULT_ROUTE = "heat_crop"
+EVIDENCE_ROUTES = ("heat", "heat_crop", "heat_crop_text")
+DEFAULT_ROUTE = "heat_crop_text"
 PANEL = 112  # side of one evidence panel in pixels (4x4 merged visual tokens)
 CROP_FRACTION = 1 / 3  # side of the zoomed crop relative to the query's short side
 HEAT_FLOOR = 0.7  # map / threshold below which the heat image is black
 HEAT_SATURATION = 1.5  # map / threshold at which the heat image is white
+HOT_FRACTION = 0.8  # the hottest region: map >= this x its peak (and >= this x the threshold)
+MAX_SCORE_RATIO = 9.9  # score / threshold is written with one decimal, capped here
+NOTE_FORMAT = "Prefilter: anomaly score {ratio:.1f} x threshold, hottest at {box}."
 MAPS_FILE = "maps.npz"
 INDEX_FILE = "index.json"
 BANKS_FOLDER = "banks"
@@ -56,8 +67,16 @@ class EvidenceCache:
     def threshold(self, key: str) -> float:
         return self.thresholds[key.split("/")[1]]
 
-    def render(self, key: str, query: np.ndarray, route: str = DEFAULT_ROUTE) -> Image.Image:
-        return render_evidence(query, self.anomaly_map(key), self.threshold(key), route)
+    def inputs(self, key: str, query: np.ndarray, route: str = DEFAULT_ROUTE) -> "EvidenceInputs":
+        return evidence_inputs(query, self.anomaly_map(key), self.threshold(key), route)
+
+
+@dataclass(frozen=True)
+class EvidenceInputs:
+    """What a prompt shows of the prefilter's evidence: the evidence image and/or its note."""
+
+    image: Image.Image | None = None
+    note: str | None = None
 
 
 def evidence_dir(data_dir: str | Path) -> Path:
@@ -86,15 +105,20 @@ def peak_crop_box(anomaly_map: np.ndarray, fraction: float = CROP_FRACTION) -> t
     return top, left, top + side, left + side
 
 
+def _map_at(anomaly_map: np.ndarray, height: int, width: int) -> np.ndarray:
+    anomaly_map = np.asarray(anomaly_map, dtype=np.float32)
+    if anomaly_map.shape == (height, width):
+        return anomaly_map
+    return np.asarray(Image.fromarray(anomaly_map, "F").resize((width, height), Image.BILINEAR))
+
+
 def render_evidence(query: np.ndarray, anomaly_map: np.ndarray, threshold: float,
                     route: str = DEFAULT_ROUTE) -> Image.Image:
     """The evidence image for one query (``route`` in :data:`EVIDENCE_ROUTES`)."""
     if route not in EVIDENCE_ROUTES:
         raise ValueError(f"unknown evidence route {route!r}; expected one of {EVIDENCE_ROUTES}")
     query = np.asarray(query)
-    if anomaly_map.shape != query.shape[:2]:
-        anomaly_map = np.asarray(Image.fromarray(anomaly_map.astype(np.float32), "F").resize(
-            (query.shape[1], query.shape[0]), Image.BILINEAR))
+    anomaly_map = _map_at(anomaly_map, *query.shape[:2])
     heat = Image.fromarray(heat_image(anomaly_map / max(threshold, 1e-6))).resize((PANEL, PANEL), Image.BILINEAR)
     if route == "heat":
         return heat
@@ -105,6 +129,49 @@ def render_evidence(query: np.ndarray, anomaly_map: np.ndarray, threshold: float
     canvas.paste(heat, (0, 0))
     canvas.paste(crop, (PANEL, 0))
     return canvas
+
+
+def hottest_boxes(anomaly_map: np.ndarray, threshold: float, count: int = 1) -> list[Box]:
+    """Snapped 0-1000 boxes around the map's hottest region (never empty)."""
+    anomaly_map = np.asarray(anomaly_map, dtype=np.float32)
+    level = max(HOT_FRACTION * float(anomaly_map.max()), HOT_FRACTION * threshold)
+    hot = anomaly_map >= level
+    if not hot.any():
+        hot = anomaly_map >= anomaly_map.max()
+    return largest_boxes(hot, count)
+
+
+def evidence_note(anomaly_map: np.ndarray, threshold: float) -> str:
+    """The prefilter's evidence in words: score / threshold and the hottest region's box."""
+    ratio = min(float(np.max(anomaly_map)) / max(threshold, 1e-6), MAX_SCORE_RATIO)
+    box = list(hottest_boxes(anomaly_map, threshold)[0])
+    return NOTE_FORMAT.format(ratio=ratio, box=box)
+
+
+def evidence_inputs(query: np.ndarray, anomaly_map: np.ndarray, threshold: float,
+                    route: str | None = DEFAULT_ROUTE) -> EvidenceInputs:
+    """The evidence image (and note, for ``*_text`` routes) of one query; nothing if ``route`` is None."""
+    if not route:
+        return EvidenceInputs()
+    image_route = route.removesuffix("_text")
+    note = evidence_note(anomaly_map, threshold) if route.endswith("_text") else None
+    return EvidenceInputs(render_evidence(query, anomaly_map, threshold, image_route), note)
+
+
+def refine_region(boxes: Sequence[Box], height: int, width: int, anomaly_map: np.ndarray | None) -> np.ndarray:
+    """The model's region refined by the anomaly map: the hotter half of the pixels' range inside the boxes.
+
+    Boxes are coarse (25-unit grid) and defects are often thin, so the box alone overstates
+    the defect; falls back to the filled boxes when there is no map or nothing inside.
+    """
+    region = boxes_to_mask(boxes, height, width)
+    if anomaly_map is None or not region.any():
+        return region
+    amap = _map_at(anomaly_map, height, width)
+    inside = amap[region]
+    cut = inside.min() + 0.5 * (inside.max() - inside.min())
+    refined = region & (amap >= cut)
+    return refined if refined.any() else region
 
 
 def _fit_category(root: Path, category: str, entries: Sequence[dict], extractor, out: Path, progress):
@@ -183,7 +250,7 @@ class BankEvidence:
             self._scorers[category] = PrefilterScorer.load(self.banks_dir / category)
         return self._scorers[category]
 
-    def render(self, category: str, query: np.ndarray, route: str = DEFAULT_ROUTE) -> Image.Image:
+    def anomaly_map(self, category: str, query: np.ndarray) -> tuple[np.ndarray, float]:
+        """The query's anomaly map against the category's bank, and the bank's threshold."""
         scorer = self.scorer(category)
-        result = scorer.bank.score([query])
-        return render_evidence(query, result.anomaly_map(0), scorer.threshold, route)
+        return scorer.bank.score([query]).anomaly_map(0), float(scorer.threshold)

@@ -22,7 +22,7 @@ class Recipe:
     grpo_prompts_per_step: int = 2
     grpo_beta: float = 0.04
     reference: bool = True
-    evidence_route: str | None = "heat_crop"
+    evidence_route: str | None = "heat_crop_text"
     domain_knowledge_prob: float = 0.25
     single_question: float = 0.4
     seed: int = 0
