@@ -6,7 +6,8 @@
 * :class:`LocalKafka` starts one broker or a cluster of N combined broker+controller
   nodes on 127.0.0.1 with free ports and its own data directories, waits until the
   cluster serves, creates topics, stops and restarts single brokers on the same data
-  directory, and leaves no JVM behind.
+  directory, and leaves no JVM behind. Its client listener is PLAINTEXT, SASL_PLAINTEXT
+  (PLAIN users) or SSL (mutual TLS with a throwaway CA from :mod:`cluster.tls`).
 * :class:`KafkaSettings` describes an external cluster (bootstrap servers plus
   SSL / SASL settings) and builds kafka-python clients with the project's
   delivery semantics (``acks=all``, idempotent producer, manual commits).
@@ -303,7 +304,7 @@ class LocalKafka:
         version: str = KAFKA_VERSION,
         heap: str = "384m",
         broker_overrides: dict[str, str] | None = None,
-        listener: Literal["PLAINTEXT", "SASL_PLAINTEXT"] = "PLAINTEXT",
+        listener: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SSL"] = "PLAINTEXT",
         sasl_users: dict[str, str] | None = None,
         start_timeout_s: float = 90.0,
     ) -> None:
@@ -325,6 +326,11 @@ class LocalKafka:
                        data_dir=self.root / f"broker-{i + 1}")
             for i in range(brokers)
         ]
+        self.tls = None
+        if listener == "SSL":
+            from cluster.tls import write_tls_files
+
+            self.tls = write_tls_files(self.root / "tls")
         self._started = False
 
     # ---- addresses
@@ -333,12 +339,15 @@ class LocalKafka:
         return ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
 
     def settings(self, **overrides: Any) -> KafkaSettings:
-        """Client settings for this cluster (SASL credentials of the first user when SASL is on)."""
+        """Client settings for this cluster (SASL credentials of the first user, or the client certificate)."""
         values: dict[str, Any] = {"bootstrap_servers": self.bootstrap_servers}
         if self.listener == "SASL_PLAINTEXT":
             user, password = next(iter(self.sasl_users.items()))
             values.update(security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN",
                           sasl_plain_username=user, sasl_plain_password=password)
+        if self.tls is not None:
+            values.update(security_protocol="SSL", ssl_cafile=str(self.tls.ca_cert),
+                          ssl_certfile=str(self.tls.client_cert), ssl_keyfile=str(self.tls.client_key))
         values.update(overrides)
         return KafkaSettings(**values)
 
@@ -484,6 +493,15 @@ class LocalKafka:
                 f"listener.name.{listener_name.lower()}.plain.sasl.jaas.config":
                     "org.apache.kafka.common.security.plain.PlainLoginModule required "
                     f'username="{admin_user}" password="{admin_pw}" {users};',
+            })
+        if self.tls is not None:
+            props.update({
+                "ssl.keystore.type": "PEM",
+                "ssl.keystore.location": str(self.tls.broker_keystore),
+                "ssl.truststore.type": "PEM",
+                "ssl.truststore.location": str(self.tls.ca_cert),
+                "ssl.client.auth": "required",
+                "ssl.endpoint.identification.algorithm": "https",
             })
         props.update(self.broker_overrides)
         node.config_path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))

@@ -15,6 +15,7 @@ an operator can act on; the ingest stage turns it into a dead letter.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 from datetime import datetime, timezone
@@ -312,7 +313,12 @@ class Verdict(_AboutAFrame):
 
 
 class DeadLetter(_Strict):
-    """A record we could not process, kept whole with the reason so nothing is lost."""
+    """A record we could not process, kept whole with the reason so nothing is lost.
+
+    The original bytes travel base64-encoded; a part too large for one JSON record
+    (``MAX_JSON_BYTES``) is left out and named in ``omitted``, and the value's size and
+    SHA-256 still identify it at ``original_topic``/``original_partition``/``original_offset``.
+    """
 
     schema_version: int = SCHEMA_VERSION
     stage: PipelineStage
@@ -324,6 +330,9 @@ class DeadLetter(_Strict):
     original_key: bytes | None = None
     original_value: bytes | None = None
     original_headers: list[tuple[str, bytes]] = Field(default_factory=list)
+    original_value_bytes: int | None = None
+    original_value_sha256: str | None = None
+    omitted: list[Literal["key", "value", "headers"]] = Field(default_factory=list)
     failed_at: datetime = Field(default_factory=utc_now)
 
     @field_serializer("original_key", "original_value")
@@ -395,9 +404,15 @@ def dead_letter_for(
     value: bytes | None = None,
     headers: Iterable[tuple[str, bytes]] | None = None,
 ) -> DeadLetter:
-    """Wrap a failed record, whatever it held, into a dead letter that keeps every byte."""
+    """Wrap a failed record, whatever it held, into a dead letter that keeps every byte it can.
+
+    The letter always fits one record: a value, then headers, then a key too large to carry
+    base64-encoded is left out (named in ``omitted``) rather than making the dead letter
+    itself unwritable, which would stall the partition behind it.
+    """
     reason = str(error) if str(error) else type(error).__name__
-    return DeadLetter(
+    value = None if value is None else bytes(value)
+    letter = DeadLetter(
         stage=stage,
         reason=reason[:4000],
         error_type="" if isinstance(error, str) else type(error).__name__,
@@ -405,9 +420,18 @@ def dead_letter_for(
         original_partition=partition,
         original_offset=offset,
         original_key=None if key is None else bytes(key),
-        original_value=None if value is None else bytes(value),
+        original_value=value,
         original_headers=[(str(k), bytes(v or b"")) for k, v in (headers or [])],
+        original_value_bytes=None if value is None else len(value),
+        original_value_sha256=None if value is None else hashlib.sha256(value).hexdigest(),
     )
+    dropped = {"value": {"original_value": None}, "headers": {"original_headers": []},
+               "key": {"original_key": None}}
+    for part, update in dropped.items():
+        if len(letter.model_dump_json().encode()) <= MAX_JSON_BYTES:
+            break
+        letter = letter.model_copy(update={**update, "omitted": [*letter.omitted, part]})
+    return letter
 
 
 # --------------------------------------------------------------------------- helpers
@@ -445,6 +469,8 @@ def _json_header(raw: bytes, name: str) -> Any:
         return json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MessageValidationError(f"header {name!r} is not UTF-8 JSON: {exc}") from None
+    except RecursionError:
+        raise MessageValidationError(f"header {name!r} nests JSON too deeply") from None
 
 
 def _decode_key(key: bytes | None) -> str:

@@ -23,6 +23,14 @@ def kafka():
         yield cluster
 
 
+@pytest.fixture(scope="session")
+def pipeline_banks(tmp_path_factory):
+    """Prefilter banks (with reference indexes) for bottle and hex_nut, fitted once for every pipeline test."""
+    from pipelines.demo import prepare_banks
+
+    return prepare_banks(tmp_path_factory.mktemp("pipeline-assets"), ("bottle", "hex_nut"), images_per_category=40)
+
+
 @pytest.fixture
 def topic_name():
     """A fresh topic name per test so tests never read each other's records."""

@@ -7,17 +7,13 @@ a complete trace per frame in the trace file.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 import pytest
 
-from cluster.messages import Frame, frame_to_record
 from cluster.telemetry import read_spans, setup_tracing
-from judo_model.imaging import encode_png
 from pipelines.commands import SHIPPED_CHECKPOINT
-from pipelines.demo import demo_config, prepare_banks
 from pipelines.gallery import collect_verdicts
 from pipelines.simulator import CameraSimulator, CameraSpec
+from tests.pipeline_support import bad_inputs, pipeline_test_config
 
 pytestmark = pytest.mark.skipif(not (SHIPPED_CHECKPOINT / "config.json").exists(),
                                 reason="no shipped JUDO checkpoint")
@@ -25,44 +21,28 @@ pytestmark = pytest.mark.skipif(not (SHIPPED_CHECKPOINT / "config.json").exists(
 FRAMES = 24
 
 
-def malformed_records(topic_frames):
+def malformed_records(marker):
     """A corrupt PNG, a wrong schema version and an unknown product (all otherwise well formed)."""
-    import numpy as np
-
-    good_png = encode_png(np.zeros((32, 32, 3), np.uint8))
-
-    def frame(frame_id, product="bottle", image=good_png):
-        return Frame(frame_id=frame_id, camera_id="line1-cam1", line_id="line1", product=product,
-                     captured_at=datetime.now(timezone.utc), encoding="png", width=32, height=32, image=image)
-
-    corrupt = frame_to_record(frame("bad-corrupt", image=good_png[:40] + b"\x00" * 20))
-    version = frame_to_record(frame("bad-version"))
-    version = version._replace(headers=[("judo-schema-version", b"99"), *version.headers[1:]])
-    unknown = frame_to_record(frame("bad-product", product="teapot"))
-    return [corrupt, version, unknown]
+    wanted = ("corrupt", "wrong-schema-version", "unknown-product")
+    return [bad.record for bad in bad_inputs(marker) if bad.name in wanted]
 
 
 @pytest.fixture(scope="module")
-def run(kafka, tmp_path_factory):
+def run(kafka, pipeline_banks, tmp_path_factory):
     """One real run: N simulated frames and 3 malformed records through Kafka, Ray and JUDO."""
     from pipelines.runner import Pipeline
 
     tmp_path = tmp_path_factory.mktemp("e2e")
-    banks = prepare_banks(tmp_path / "assets", ("bottle", "hex_nut"), images_per_category=40)
     trace_file = tmp_path / "traces.jsonl"
     setup_tracing("e2e.cameras", trace_file=trace_file)
-    config = demo_config(banks, SHIPPED_CHECKPOINT, kafka.bootstrap_servers, trace_file, lines=2,
-                         cameras_per_line=1)
-    config = config.model_copy(update={"topics": config.topics.model_copy(update={
-        "frames": "e2e.frames", "verdicts": "e2e.verdicts", "dead_letters": "e2e.dlq",
-        "feedback": "e2e.feedback", "partitions": 2})})
+    config = pipeline_test_config(pipeline_banks, SHIPPED_CHECKPOINT, kafka.settings(), trace_file, "e2e")
     cameras = [CameraSpec(line.id, cam, line.product) for line in config.lines for cam in line.cameras]
     pipeline = Pipeline(config, kafka.settings()).start()
     try:
         sent = CameraSimulator(cameras, defect_rate=0.3, seed=11).publish(
             kafka.settings(), config.topics.frames, FRAMES)
         producer = kafka.settings().producer()
-        for record in malformed_records(config.topics.frames):
+        for record in malformed_records(tmp_path / "unpickled"):
             producer.send(config.topics.frames, key=record.key, value=record.value, headers=record.headers)
         producer.flush(30)
         producer.close()

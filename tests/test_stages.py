@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 import numpy as np
 import pytest
 
-from actors.ingest import DecodedFrame, FrameDecoder, OffsetTracker, RawRecord, RecordPosition, Rejected
+from actors.ingest import DecodedFrame, FrameDecoder, OffsetTracker, RecordPosition, Rejected
 from actors.routing import Router, UnknownProductError, prefilter_verdict
-from cluster.messages import Frame, frame_to_record
 from judo_model.imaging import encode_jpeg, encode_png
 from pipelines.config import ConfigError, parse_config
-
-
-def record_for(frame: Frame, offset: int = 0) -> RawRecord:
-    key, value, headers = frame_to_record(frame)
-    return RawRecord(RecordPosition("frames", 0, offset), key, value, headers)
-
-
-def frame(**overrides) -> Frame:
-    image = np.full((20, 30, 3), 128, np.uint8)
-    values = dict(frame_id="f-1", camera_id="c1", line_id="l1", product="bottle",
-                  captured_at=datetime.now(timezone.utc), encoding="png", width=30, height=20,
-                  image=encode_png(image))
-    values.update(overrides)
-    return Frame(**values)
+from tests.pipeline_support import frame, record_for
 
 
 def test_decoder_accepts_png_and_jpeg_frames():
