@@ -48,7 +48,8 @@ def _run_eval_mmad(args: argparse.Namespace) -> int:
     from judo_model.mmad.format import MMADDataset
 
     dataset = MMADDataset(args.data, args.questions)
-    answerer = load_answerer(args.model, seed=args.seed)
+    answerer = load_answerer(args.model, seed=args.seed, data_dir=args.data, questions_file=args.questions,
+                             mode=args.mode)
     result = evaluate(dataset, answerer, shots=args.shots, use_domain_knowledge=args.domain_knowledge,
                       limit=args.limit, similar_templates=args.similar_templates,
                       progress=lambda items: tqdm(items, desc=f"MMAD {answerer.name}", unit="img"))
@@ -105,6 +106,8 @@ def register_eval(subparsers: argparse._SubParsersAction) -> None:
     mmad.add_argument("--domain-knowledge", action="store_true", help="add the category's expert text")
     mmad.add_argument("--limit", type=int, default=None, help="only the first N images")
     mmad.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
+    mmad.add_argument("--mode", choices=("generate", "likelihood"), default="generate",
+                      help="match the generated answer to an option, or pick the most likely option")
     mmad.add_argument("--out", type=Path, required=True, help="answers file; the table goes to *_accuracy.csv")
     mmad.set_defaults(func=_run_eval_mmad)
 

@@ -186,7 +186,19 @@ class JudoMMADAnswerer:
         return GroundedAnswer(text=text, boxes=boxes, mask=mask, anomaly_map=anomaly_map)
 
 
-def load_mmad_answerer(path: str | Path, mode: str = "generate", max_new_tokens: int = 128) -> JudoMMADAnswerer:
-    """An MMAD answerer for the checkpoint folder at ``path``."""
+def load_mmad_answerer(path: str | Path, mode: str = "generate", max_new_tokens: int = 128,
+                       data_dir: str | Path | None = None, questions_file: str = "mmad.json"):
+    """An MMAD answerer for the checkpoint folder at ``path``.
+
+    A ``judo train`` checkpoint is prompted exactly as in training (image sizes, prefilter
+    evidence from ``data_dir``) through :mod:`judo_model.training.answerer`.
+    """
+    from judo_model.training.pipeline import read_training_log
+
     path = Path(path)
+    if read_training_log(path):
+        from judo_model.training.answerer import load_juxtaposed_answerer
+
+        return load_juxtaposed_answerer(path, data_dir, max_new_tokens=max_new_tokens, mode=mode,
+                                        name=f"judo-{path.name}-{mode}", questions_file=questions_file)
     return JudoMMADAnswerer(JudoModel.load(path), name=f"judo-{path.name}-{mode}", mode=mode, max_new_tokens=max_new_tokens)

@@ -97,6 +97,16 @@ def test_cached_encoder_matches_the_processor(data_dir, examples):
                 assert torch.equal(expected[key], got[key]), key
 
 
+def test_targets_endorse_a_matching_evidence_box_verbatim():
+    from judo_model.training.data import endorsed_boxes
+
+    truth = [(100, 100, 300, 300), (600, 600, 700, 700)]
+    assert endorsed_boxes(truth, (600, 600, 725, 700)) == [(600, 600, 725, 700), (100, 100, 300, 300)]
+    assert endorsed_boxes(truth, (0, 0, 50, 50)) == truth, "a prefilter box off the defect is corrected"
+    assert endorsed_boxes(truth, None) == truth
+    assert endorsed_boxes([], (0, 0, 50, 50)) == []
+
+
 def test_evidence_inputs(data_dir, examples):
     from judo_model.imaging import load_image
     from judo_model.training.evidence import PANEL, load_evidence, render_evidence
@@ -162,6 +172,30 @@ def test_smoke_checkpoint_answers_through_the_mmad_harness(smoke_checkpoint, dat
     answerer = load_juxtaposed_answerer(out, data_dir, max_new_tokens=8)
     result = evaluate(MMADDataset(data_dir, "mmad.json"), answerer, limit=1)
     assert result.answers and all(a["question_type"] for a in result.answers)
+
+
+def test_eval_mmad_cli_fits_banks_on_the_templates_of_any_mmad_folder(smoke_checkpoint, data_dir, tmp_path,
+                                                                        monkeypatch):
+    """``judo eval mmad --model CKPT`` on a folder without judo train's evidence cache."""
+    import shutil
+
+    from judo_model.mmad.format import MMADDataset
+    from pipelines.cli import main
+
+    out, _ = smoke_checkpoint
+    plain = tmp_path / "mmad-folder"
+    shutil.copytree(data_dir, plain, ignore=shutil.ignore_patterns("evidence"))
+    monkeypatch.setenv("JUDO_CACHE", str(tmp_path / "cache"))
+    answers = tmp_path / "answers.json"
+    assert main(["eval", "mmad", "--data", str(plain), "--model", str(out), "--limit", "2",
+                 "--out", str(answers)]) == 0
+    first = next(iter(MMADDataset(plain, "mmad.json")))
+    banks = list((tmp_path / "cache" / "mmad-banks").glob(f"*/{first.dataset}/{first.category}/bank.json"))
+    assert banks, "a bank was fitted on the folder's normal templates"
+    rows = json.loads(answers.read_text())
+    assert rows and all(r["question_type"] for r in rows)
+    grounding = json.loads(answers.with_name(answers.stem + "_grounding.json").read_text())
+    assert grounding["images"] >= 1
 
 
 def test_cli_runs_single_stages(data_dir, smoke_checkpoint, tmp_path):

@@ -50,7 +50,7 @@ class JuxtaposedJudo:
         if self.cache is not None and key in self.cache.keys:
             return self.cache.anomaly_map(key), self.cache.threshold(key)
         if self.banks is not None and key is not None:
-            return self.banks.anomaly_map(key.split("/")[1], query)
+            return self.banks.anomaly_map(key, query)
         raise ValueError(f"no evidence for {query_path}: not in the cache and no bank for its category")
 
     def _prompt_kwargs(self, reference_image, query_image) -> dict:
@@ -78,20 +78,53 @@ class JuxtaposedJudo:
         return refine_region(list(boxes), height, width, anomaly_map), anomaly_map
 
 
+def mmad_templates(data_dir: str | Path, questions_file: str = "mmad.json"):
+    """``"<dataset>/<category>"`` -> the normal template images an MMAD question file names for it."""
+    from judo_model.mmad.format import MMADDataset
+
+    by_category: dict[str, list[Path]] = {}
+    for item in MMADDataset(data_dir, questions_file):
+        paths = by_category.setdefault(f"{item.dataset}/{item.category}", [])
+        for path in (*item.template_paths(len(item.record.random_templates)),
+                     *item.template_paths(len(item.record.similar_templates), similar=True)):
+            if path not in paths:
+                paths.append(path)
+    return lambda name: by_category.get(name, [])
+
+
+def template_banks_dir(data_dir: str | Path) -> Path:
+    """Where banks fitted on a folder's templates are kept (outside the user's data folder)."""
+    import hashlib
+    import os
+
+    digest = hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:12]
+    cache = Path(os.environ.get("JUDO_CACHE", Path.home() / ".cache" / "judo-inspect"))
+    return cache / "mmad-banks" / digest
+
+
 def load_juxtaposed_answerer(checkpoint: str | Path, data_dir: str | Path | None = None,
-                             max_new_tokens: int = 96, name: str | None = None,
-                             mode: str = "generate") -> JudoMMADAnswerer:
-    """An MMAD answerer for a ``judo train`` checkpoint; evidence from ``data_dir``'s cache and banks."""
-    from judo_model.training.evidence import load_evidence
+                             max_new_tokens: int = 96, name: str | None = None, mode: str = "generate",
+                             questions_file: str = "mmad.json") -> JudoMMADAnswerer:
+    """An MMAD answerer for a ``judo train`` checkpoint.
+
+    Evidence comes from ``data_dir``'s cache and banks when ``judo train`` prepared them
+    there; for any other MMAD-format folder, banks are fitted on its normal templates.
+    """
+    from judo_model.training.evidence import MAPS_FILE, load_evidence
 
     checkpoint = Path(checkpoint)
     options = prompt_options_of(checkpoint)
     cache = banks = None
-    if options.evidence_route and data_dir is not None:
-        cache = load_evidence(data_dir)
-        banks = BankEvidence(evidence_dir(data_dir) / BANKS_FOLDER)
+    if options.evidence_route:
+        if data_dir is None:
+            raise ValueError(f"{checkpoint} was trained with prefilter evidence; give the data folder")
+        if (evidence_dir(data_dir) / MAPS_FILE).is_file():
+            cache = load_evidence(data_dir)
+            banks = BankEvidence(evidence_dir(data_dir) / BANKS_FOLDER)
+        else:
+            banks = BankEvidence(template_banks_dir(data_dir), mmad_templates(data_dir, questions_file))
     judo = JuxtaposedJudo(JudoModel.load(checkpoint), options, cache, banks)
     return JudoMMADAnswerer(judo, name=name or f"judo-{checkpoint.name}", max_new_tokens=max_new_tokens, mode=mode)
 
 
-__all__ = ["JuxtaposedJudo", "load_juxtaposed_answerer"]
+__all__ = ["JuxtaposedJudo", "load_juxtaposed_answerer", "mmad_templates"]

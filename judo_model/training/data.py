@@ -26,12 +26,14 @@ from judo_model.imaging import load_image, load_mask
 from judo_model.mmad.format import DEFECT_QUESTION_TYPES, MMADDataset, MMADItem
 from judo_model.output import format_target, largest_boxes
 from judo_model.prompting import JudoPrompt, Question, build_prompt
-from judo_model.training.evidence import DEFAULT_ROUTE, EvidenceCache, EvidenceInputs
+from judo_model.training.evidence import DEFAULT_ROUTE, EvidenceCache, EvidenceInputs, hottest_boxes
 
 #: Side the reference and query are shown at (4x4 merged visual tokens each).
 IMAGE_SIDE = 112
 MAX_BOXES = 3
 MIN_BLOB_FRACTION = 0.002
+#: Box IoU from which a target box keeps the evidence note's box verbatim.
+ENDORSE_IOU = 0.5
 
 
 @dataclass(frozen=True)
@@ -114,8 +116,35 @@ def ground_truth_mask(example: Example) -> np.ndarray:
     return np.zeros(query.shape[:2], bool)
 
 
-def target_for(example: Example, include_answer: bool = True) -> str:
-    """The contract text the model is trained to write for ``example``."""
+def box_iou(a, b) -> float:
+    """Intersection over union of two ``(x1, y1, x2, y2)`` boxes."""
+    width = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union else 0.0
+
+
+def endorsed_boxes(truth: list, hint, min_iou: float = ENDORSE_IOU) -> list:
+    """The ground-truth boxes, with the one the evidence's box matches (box IoU >= ``min_iou``)
+    replaced by the evidence's box, first.
+
+    The model then learns to confirm a right prefilter region verbatim (an exact copy, which a
+    small model learns quickly) and to write the true region where the prefilter is off.
+    """
+    if hint is None or not truth:
+        return truth
+    best = max(range(len(truth)), key=lambda i: box_iou(hint, truth[i]))
+    if box_iou(hint, truth[best]) < min_iou:
+        return truth
+    return [tuple(hint), *(box for i, box in enumerate(truth) if i != best)]
+
+
+def target_for(example: Example, include_answer: bool = True, hint=None) -> str:
+    """The contract text the model is trained to write for ``example``.
+
+    ``hint`` is the evidence note's box, if the prompt shows one (see :func:`endorsed_boxes`).
+    """
     if example.is_normal:
         return format_target(reasoning="The query matches the normal reference.", defect=False,
                              answers=example.answer_texts if include_answer else [])
@@ -124,8 +153,15 @@ def target_for(example: Example, include_answer: bool = True) -> str:
     title = facts.defects[example.defect].title if example.defect in facts.defects else example.defect
     return format_target(
         reasoning=f"The query differs from the reference at the {REGIONS[region_of(mask)].lower()}.",
-        defect=True, defect_type=title, boxes=target_boxes(mask),
+        defect=True, defect_type=title, boxes=endorsed_boxes(target_boxes(mask), hint),
         answers=example.answer_texts if include_answer else [])
+
+
+def evidence_hint(example: Example, options: "PromptOptions", evidence: EvidenceCache | None):
+    """The box the prompt's evidence note names for ``example`` (None if the prompt has no note)."""
+    if evidence is None or not (options.evidence_route or "").endswith("_text"):
+        return None
+    return hottest_boxes(evidence.anomaly_map(example.key), evidence.threshold(example.key))[0]
 
 
 @dataclass

@@ -237,20 +237,36 @@ def load_evidence(data_dir: str | Path) -> EvidenceCache:
 
 
 class BankEvidence:
-    """Evidence for images outside the cache: the category's saved bank scores the query live."""
+    """Evidence for images outside the cache: a saved PatchCore bank scores the query live.
 
-    def __init__(self, banks_dir: str | Path):
+    Banks are looked up by category (``banks_dir/<category>``, as :func:`prepare_evidence`
+    saves them) or by ``<dataset>/<category>``. With ``templates`` (category key -> normal
+    image paths, e.g. an MMAD folder's template images) a missing bank is fitted on them,
+    calibrated k-fold, and saved, so any MMAD-format folder gets evidence without a test image
+    ever entering a bank.
+    """
+
+    def __init__(self, banks_dir: str | Path, templates=None):
         self.banks_dir = Path(banks_dir)
+        self.templates = templates
         self._scorers: dict = {}
 
-    def scorer(self, category: str):
-        from actors.prefilter import PrefilterScorer
+    def scorer(self, name: str):
+        from actors.prefilter import BANK_META, PrefilterScorer
 
-        if category not in self._scorers:
-            self._scorers[category] = PrefilterScorer.load(self.banks_dir / category)
-        return self._scorers[category]
+        if name not in self._scorers:
+            folder = self.banks_dir / name
+            if not (folder / BANK_META).is_file():
+                paths = list(self.templates(name)) if self.templates is not None else []
+                if not paths:
+                    raise ValueError(f"no prefilter bank in {folder} and no normal templates to fit one on")
+                PrefilterScorer.fit([load_image(p) for p in paths], product=name).save(folder)
+            self._scorers[name] = PrefilterScorer.load(folder)
+        return self._scorers[name]
 
-    def anomaly_map(self, category: str, query: np.ndarray) -> tuple[np.ndarray, float]:
-        """The query's anomaly map against the category's bank, and the bank's threshold."""
-        scorer = self.scorer(category)
+    def anomaly_map(self, key: str, query: np.ndarray) -> tuple[np.ndarray, float]:
+        """The anomaly map of the image at ``key`` (``<dataset>/<category>/...``) and the bank's threshold."""
+        dataset, category = key.split("/")[:2]
+        name = category if (self.banks_dir / category).is_dir() or self.templates is None else f"{dataset}/{category}"
+        scorer = self.scorer(name)
         return scorer.bank.score([query]).anomaly_map(0), float(scorer.threshold)

@@ -11,9 +11,9 @@ STAGES = ("seg", "sft", "grpo")
 class Recipe:
     """Steps and switches of one training run (the ``tiny`` preset's defaults ship the checkpoint)."""
 
-    seg_steps: int = 900
-    sft_steps: int = 300
-    grpo_steps: int = 40
+    seg_steps: int = 1500
+    sft_steps: int = 600
+    grpo_steps: int = 30
     batch_size: int = 8
     seg_lr: float = 2e-3
     sft_lr: float = 1e-3

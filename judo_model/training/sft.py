@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from judo_model.prompting import IGNORE_INDEX, collate_for_training
-from judo_model.training.data import BalancedSampler, Example, PromptOptions, example_prompt, target_for
+from judo_model.training.data import (BalancedSampler, Example, PromptOptions, evidence_hint, example_prompt,
+                                      target_for)
 from judo_model.training.encoding import CachedEncoder
 
 
@@ -94,7 +95,8 @@ def train_supervised(model, processor, examples: list[Example], options: PromptO
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config)
         batch_examples = sampler.batch(config.batch_size)
-        encoded = [encoder.encode(example_prompt(e, options, evidence, rng), target_for(e))
+        encoded = [encoder.encode(example_prompt(e, options, evidence, rng),
+                                  target_for(e, hint=evidence_hint(e, options, evidence)))
                    for e in batch_examples]
         loss = target_loss(model, collate_for_training(encoded, pad))
         optimizer.zero_grad(set_to_none=True)
