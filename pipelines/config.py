@@ -44,6 +44,9 @@ class TopicsSection(_Section):
     feedback: str = "verdicts.feedback"
     partitions: int = Field(6, ge=1)
     replication_factor: int = Field(1, ge=1)
+    min_insync_replicas: int | None = Field(
+        None, ge=1, description="topic min.insync.replicas (None: the broker default); with acks=all a write "
+                                "succeeds only once this many replicas have it")
 
 
 class LineSection(_Section):

@@ -30,10 +30,11 @@ DEMO_PRODUCTS = ("bottle", "hex_nut", "pcb")
 
 
 def prepare_banks(out: Path, products: tuple[str, ...], seed: int = 7, images_per_category: int = 80,
-                  console: Console | None = None) -> dict[str, Path]:
+                  console: Console | None = None, size: int = 256, bank_config=None) -> dict[str, Path]:
     """Fit one prefilter bank (with its reference index) per product from rendered normal images.
 
-    Cached under ``out``: a second demo run reuses the banks.
+    Cached under ``out``: a second demo run reuses the banks. ``size`` is the rendered image side and
+    ``bank_config`` an optional :class:`actors.prefilter.PatchCoreConfig` (small frames fit small banks).
     """
     from actors.prefilter import fit_bank_from_folder
     from judo_model.data.synth.writer import generate_dataset
@@ -42,13 +43,13 @@ def prepare_banks(out: Path, products: tuple[str, ...], seed: int = 7, images_pe
     data = out / "data"
     if not (data / "splits.json").exists():
         generate_dataset(data, seed=seed, categories=list(products), images_per_category=images_per_category,
-                         size=256, heldout=())
+                         size=size, heldout=())
     for product in products:
         bank_dir = out / "banks" / product
         if not (bank_dir / "bank.json").exists():
             if console:
                 console.print(f"fitting the prefilter bank for [cyan]{product}[/]")
-            fit_bank_from_folder(data / "Synthetic", product, bank_dir)
+            fit_bank_from_folder(data / "Synthetic", product, bank_dir, bank_config)
         banks[product] = bank_dir
     return banks
 

@@ -21,10 +21,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 
 from cluster.kafka import KafkaSettings
-from cluster.messages import Verdict, dead_letter_for, frame_to_record
+from cluster.messages import Verdict, dead_letter_for
 from cluster.telemetry import context_from_carrier, setup_tracing, trace_id_hex, tracer
 from actors.ingest import DecodedFrame, FrameDecoder, OffsetTracker, RawRecord, Rejected
 from actors.routing import Router, prefilter_verdict
+# at import time, not on the first suspect frame: it pulls in transformers, seconds that would block the event loop
+from pipelines.engines import JudoFrameRequest
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +40,10 @@ class DriverStats:
     verdicts_judo: int = 0
     dead_letters: int = 0
     judo_retries: int = 0
+    judo_fallbacks: int = 0
     paused_polls: int = 0
     commits: int = 0
+    commit_failures: int = 0
     latencies_pass_ms: deque = field(default_factory=lambda: deque(maxlen=5000))
     latencies_judo_ms: deque = field(default_factory=lambda: deque(maxlen=5000))
 
@@ -66,6 +70,7 @@ class FrameDriver:
         self.router = Router(handles["thresholds"])
         self.decoder = FrameDecoder(known_products=cfg.products.keys())
         self.offsets = OffsetTracker()
+        self._to_commit: dict[tuple[str, int], int] = {}
         self.stats = DriverStats()
         self.prefilter_version = model_version
         self._consumer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-consumer")
@@ -83,7 +88,10 @@ class FrameDriver:
         class Listener(ConsumerRebalanceListener):
             def on_partitions_revoked(self, revoked):
                 driver._commit_ready()
-                driver.offsets.forget((tp.topic, tp.partition) for tp in revoked)
+                gone = [(tp.topic, tp.partition) for tp in revoked]
+                driver.offsets.forget(gone)
+                for tp in gone:
+                    driver._to_commit.pop(tp, None)
 
             def on_partitions_assigned(self, assigned):
                 pass
@@ -107,12 +115,25 @@ class FrameDriver:
         return records
 
     def _commit_ready(self) -> None:
+        """Commit the finished prefixes. A failed commit (coordinator moved, group rebalancing) must not
+        end the loop: its offsets are retried with the next commit, or the frames are redelivered."""
         from kafka import OffsetAndMetadata, TopicPartition
+        from kafka.errors import KafkaError
 
-        ready = self.offsets.committable()
-        if ready:
-            self._consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in ready.items()})
-            self.stats.commits += 1
+        self._to_commit.update(self.offsets.committable())
+        owned = self._consumer.assignment()
+        offsets = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in self._to_commit.items()
+                   if TopicPartition(t, p) in owned}
+        if not offsets:
+            return
+        try:
+            self._consumer.commit(offsets)
+        except KafkaError as exc:
+            self.stats.commit_failures += 1
+            log.warning("offset commit failed (%s); retrying with the next commit", exc)
+            return
+        self._to_commit.clear()
+        self.stats.commits += 1
 
     # ------------------------------------------------------------------ main loop
     async def run(self) -> dict:
@@ -196,13 +217,12 @@ class FrameDriver:
         await asyncio.gather(*judo_jobs)
 
     async def _judo_path(self, item: DecodedFrame, decision, prefilter_result: dict) -> None:
-        outcome, carrier = await self._ask_judo(item, decision, prefilter_result)
-        if isinstance(outcome, Verdict):
-            await self._write([(outcome, carrier)], [])
+        verdict = await self._ask_judo(item, decision, prefilter_result)
+        await self._write([(verdict, item.trace)], [])
+        if verdict.stage == "judo":
             self.stats.verdicts_judo += 1
         else:
-            await self._write([], [(outcome, carrier)])
-            self.stats.dead_letters += 1
+            self.stats.verdicts_prefilter += 1
         self.offsets.done(item.position)
 
     async def _prefilter(self, product: str, items: list[DecodedFrame]) -> list[dict]:
@@ -244,10 +264,14 @@ class FrameDriver:
         item.latency_ms["references"] = (time.perf_counter() - started) * 1000
         return [decode_image(r["image"]) for r in refs[0]]
 
-    async def _ask_judo(self, item: DecodedFrame, decision, prefilter_result: dict):
-        """References then JUDO, retried with backoff; a frame that never gets an answer is dead-lettered."""
-        from pipelines.serve_app import JudoFrameRequest
+    async def _ask_judo(self, item: DecodedFrame, decision, prefilter_result: dict) -> Verdict:
+        """References then JUDO, retried with backoff (a retry usually lands on another replica); each
+        attempt waits twice as long as the one before, starting at ``judo.request_timeout_s``.
 
+        A frame JUDO never answers still gets a verdict: the prefilter's, anomalous (its score is above
+        the threshold) and marked ``+judo-unavailable`` in ``model_version``, so it goes to a person
+        instead of being lost.
+        """
         attempts = self.config.ingest.judo_retries + 1
         last_error: Exception | None = None
         references = None
@@ -262,21 +286,24 @@ class FrameDriver:
                     anomaly_map=prefilter_result.get("anomaly_map"), latency_ms=dict(item.latency_ms),
                     trace=item.trace)
                 response = self.judo.infer.remote(request)
-                verdict = await asyncio.wait_for(response, timeout=self.config.judo.request_timeout_s)
+                # a timed-out request keeps its replica busy: longer waits on retries, not a retry storm
+                timeout = self.config.judo.request_timeout_s * 2 ** attempt
+                verdict = await asyncio.wait_for(response, timeout=timeout)
                 total = (time.time() - item.received_at) * 1000
                 verdict = verdict.model_copy(update={"latency_ms": {**verdict.latency_ms, "total": total}})
                 self.stats.latencies_judo_ms.append(total)
-                return verdict, item.trace
-            except Exception as exc:  # backpressure, replica death or timeout: retry, then dead-letter
+                return verdict
+            except Exception as exc:  # backpressure, replica death or timeout: retry, then fall back
                 last_error = exc
                 self.stats.judo_retries += 1
                 log.warning("JUDO attempt %d/%d for %s failed: %s", attempt + 1, attempts, item.frame.frame_id, exc)
                 await asyncio.sleep(min(0.5 * 2 ** attempt, 5.0))
-        letter = dead_letter_for("judo", f"JUDO gave no verdict after {attempts} attempts: {last_error}",
-                                 topic=item.position.topic, partition=item.position.partition,
-                                 offset=item.position.offset, key=item.frame.frame_id.encode(),
-                                 value=item.frame.image, headers=frame_to_record(item.frame).headers)
-        return letter, item.trace
+        log.error("JUDO gave no verdict for %s after %d attempts (%s); the prefilter's verdict stands",
+                  item.frame.frame_id, attempts, last_error)
+        self.stats.judo_fallbacks += 1
+        item.latency_ms["total"] = (time.time() - item.received_at) * 1000
+        return prefilter_verdict(item.frame, decision, model_version=f"{self.prefilter_version}+judo-unavailable",
+                                 latency_ms=item.latency_ms, trace_id=trace_id_hex(context_from_carrier(item.trace)))
 
     async def _write(self, verdicts, letters) -> None:
         """Write durably; retry until the sink succeeds so no result is dropped."""

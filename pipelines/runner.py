@@ -1,7 +1,9 @@
 """Bring the whole pipeline up from one config, watch it, and take it down.
 
 Order: Ray → topics → prefilter pool, reference retrieval and sink actors → the JUDO Serve
-application → frame drivers (one Kafka consumer-group member each). Stopping reverses it;
+application → frame drivers (one Kafka consumer-group member each). While it runs, a supervisor
+thread replaces any driver whose loop ended (its actor died or the loop failed); the new driver
+rejoins the consumer group and resumes from the committed offsets. Stopping reverses the order;
 drivers finish their in-flight frames and commit before they exit.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +21,9 @@ from cluster.ray_runtime import start_ray, stop_ray
 from pipelines.config import PipelineConfig
 
 log = logging.getLogger(__name__)
+
+#: How often the supervisor looks for drivers whose loop ended.
+SUPERVISE_INTERVAL_S = 1.0
 
 
 def bank_threshold(bank_dir: Path) -> float:
@@ -66,7 +72,12 @@ class Pipeline:
         self.config = config
         self.kafka = kafka
         self.handles: PipelineHandles | None = None
+        self.driver_restarts = 0
         self._owns_ray = False
+        self._driver_cls = None
+        self._driver_args: tuple = ()
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
 
     def start(self) -> "Pipeline":
         import ray
@@ -80,11 +91,13 @@ class Pipeline:
 
         cfg = self.config
         topics = cfg.topics
+        topic_configs = ({"min.insync.replicas": str(topics.min_insync_replicas)}
+                         if topics.min_insync_replicas is not None else {})
         create_topics(self.kafka, [
-            TopicSpec(topics.frames, topics.partitions, topics.replication_factor),
-            TopicSpec(topics.verdicts, topics.partitions, topics.replication_factor),
-            TopicSpec(topics.dead_letters, 1, topics.replication_factor),
-            TopicSpec(topics.feedback, 1, topics.replication_factor),
+            TopicSpec(topics.frames, topics.partitions, topics.replication_factor, topic_configs),
+            TopicSpec(topics.verdicts, topics.partitions, topics.replication_factor, topic_configs),
+            TopicSpec(topics.dead_letters, 1, topics.replication_factor, topic_configs),
+            TopicSpec(topics.feedback, 1, topics.replication_factor, topic_configs),
         ])
         self._owns_ray = start_ray(cfg.ray.address, cfg.ray.num_cpus)
         trace_file = str(cfg.telemetry.trace_file) if cfg.telemetry.trace_file else None
@@ -110,19 +123,57 @@ class Pipeline:
             "kafka_settings": self.kafka.model_dump(), "prefilter": prefilter, "references": references,
             "judo": judo, "sink": sink, "thresholds": thresholds,
         }
-        driver_cls = driver_actor_class()
-        drivers = [driver_cls.remote(cfg.model_dump(mode="json"), handle_bundle, bank_version(cfg))
-                   for _ in range(cfg.ingest.actors)]
+        self._driver_cls = driver_actor_class()
+        self._driver_args = (cfg.model_dump(mode="json"), handle_bundle, bank_version(cfg))
+        drivers = [self._driver_cls.remote(*self._driver_args) for _ in range(cfg.ingest.actors)]
         runs = [d.run.remote() for d in drivers]
         self.handles = PipelineHandles(prefilter, references, sink, judo, drivers, runs)
+        self._stopping.clear()
+        self._supervisor = threading.Thread(target=self._supervise, name="driver-supervisor", daemon=True)
+        self._supervisor.start()
         return self
 
-    def stats(self) -> dict:
-        """Counters summed over drivers, with latency samples concatenated."""
+    def _supervise(self) -> None:
+        """Replace every driver whose ``run`` ended while the pipeline is up.
+
+        Without this a killed driver, or one whose loop raised, would leave its partitions
+        unconsumed for good. The replacement joins the same consumer group, so it resumes
+        from the committed offsets; frames that were in flight are redelivered (at-least-once).
+        """
         import ray
 
-        merged: dict = {}
-        for part in ray.get([d.stats.remote() for d in self.handles.drivers]):
+        handles = self.handles
+        while not self._stopping.wait(SUPERVISE_INTERVAL_S):
+            ready, _ = ray.wait(list(handles.runs), num_returns=len(handles.runs), timeout=0)
+            for i, run in enumerate(list(handles.runs)):
+                if run not in ready or self._stopping.is_set():
+                    continue
+                try:
+                    ray.get(run)
+                    reason = "its loop returned"
+                except Exception as exc:
+                    reason = f"{type(exc).__name__}: {exc}"
+                log.warning("frame driver %d ended (%s); starting a replacement", i, reason)
+                ray.kill(handles.drivers[i], no_restart=True)
+                driver = self._driver_cls.remote(*self._driver_args)
+                handles.drivers[i], handles.runs[i] = driver, driver.run.remote()
+                self.driver_restarts += 1
+
+    def stats(self) -> dict:
+        """Counters summed over the live drivers, with latency samples concatenated.
+
+        A driver that just died is skipped (the supervisor replaces it); ``driver_restarts``
+        counts the replacements.
+        """
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError
+
+        merged: dict = {"driver_restarts": self.driver_restarts}
+        for driver in list(self.handles.drivers):
+            try:
+                part = ray.get(driver.stats.remote(), timeout=30)
+            except (RayActorError, GetTimeoutError):
+                continue
             for key, value in part.items():
                 if isinstance(value, list):
                     merged.setdefault(key, []).extend(value)
@@ -145,6 +196,9 @@ class Pipeline:
 
         if self.handles is None:
             return
+        self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=60)
         try:
             ray.get([d.stop.remote() for d in self.handles.drivers], timeout=30)
             ray.get(self.handles.runs, timeout=120)
