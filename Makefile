@@ -15,7 +15,7 @@ export RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S ?= 1
 export RAY_USAGE_STATS_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test install kafka-jars clean-kafka help train
+.PHONY: demo test install kafka-jars browser clean-kafka help train
 
 help:
 	@echo "make demo   # bootstrap everything and run the main job end to end"
@@ -33,8 +33,18 @@ kafka-jars: install
 demo: kafka-jars
 	$(VENV)/bin/judo demo
 
-test: kafka-jars
+test: kafka-jars browser
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# Debian's headless Chromium and its driver, for the dashboard's browser test (tests/test_dashboard.py);
+# installed once through apt, never downloaded by the test. Without them that test skips and says why.
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  echo "installing chromium and chromium-driver (the dashboard's browser test drives them)"; \
+	  { command -v apt-get >/dev/null && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	    echo "could not install chromium: tests/test_dashboard.py will be skipped" >&2; \
+	fi
 
 clean-kafka:
 	-$(VENV)/bin/judo kafka down

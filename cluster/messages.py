@@ -5,8 +5,8 @@ Wire formats (Kafka key = ``frame_id`` everywhere):
 * **Frame** — value: the encoded image bytes, untouched, so cameras publish what they
   capture and no base64 inflates it. Headers: ``judo-schema-version``, ``judo-frame``
   (JSON metadata), ``traceparent`` / ``tracestate`` (W3C trace context).
-* **Verdict**, **DeadLetter** — value: UTF-8 JSON of the model below; headers carry
-  the schema version and the trace context.
+* **Verdict**, **DeadLetter**, **Feedback** — value: UTF-8 JSON of the model below; headers
+  carry the schema version and the trace context.
 
 Readers validate strictly and raise :class:`MessageValidationError` with a message
 an operator can act on; the ingest stage turns it into a dead letter.
@@ -18,6 +18,7 @@ import base64
 import hashlib
 import json
 import re
+import uuid
 from datetime import datetime, timezone
 from typing import Any, Iterable, Literal, NamedTuple
 
@@ -77,6 +78,12 @@ def _utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         raise ValueError("timestamps must carry a timezone (UTC recommended)")
     return value.astimezone(timezone.utc)
+
+
+def _check_trace_id(value: str) -> str:
+    if value and not re.fullmatch(r"[0-9a-f]{32}", value):
+        raise ValueError("trace_id must be 32 lowercase hex characters (W3C trace id)")
+    return value
 
 
 def _check_version(value: int) -> int:
@@ -303,13 +310,13 @@ class Verdict(_AboutAFrame):
     parse_error: str | None = None
     captured_at: datetime | None = None
     produced_at: datetime = Field(default_factory=utc_now)
+    #: ids of the normal references JUDO was shown (best first), so a reviewer sees the same pair
+    reference_ids: list[str] = Field(default_factory=list)
 
     @field_validator("trace_id")
     @classmethod
     def _trace_id(cls, value: str) -> str:
-        if value and not re.fullmatch(r"[0-9a-f]{32}", value):
-            raise ValueError("trace_id must be 32 lowercase hex characters (W3C trace id)")
-        return value
+        return _check_trace_id(value)
 
 
 class DeadLetter(_Strict):
@@ -362,7 +369,84 @@ class DeadLetter(_Strict):
         return value
 
 
-def json_to_record(message: Verdict | DeadLetter, key: bytes | None, trace_headers: Headers = ()) -> KafkaRecord:
+# --------------------------------------------------------------------------- operator feedback
+
+FeedbackAction = Literal["confirm", "reject", "relabel"]
+
+
+class Feedback(_AboutAFrame):
+    """An operator's judgement of one verdict, published so reviewed frames can become training data.
+
+    ``confirm``: the verdict is right. ``reject``: it is wrong (a false alarm, or a missed defect).
+    ``relabel``: the frame is defective but of ``defect_type``. The verdict's own call
+    (``verdict_is_anomalous``, ``verdict_defect_type``, ``model_version``) is copied in, so a
+    record is a complete label without joining the verdict topic; ``trace_id`` links the frame's trace.
+    """
+
+    feedback_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    trace_id: str = ""
+    action: FeedbackAction
+    defect_type: str | None = None
+    verdict_stage: Stage
+    verdict_is_anomalous: bool
+    verdict_defect_type: str | None = None
+    model_version: str = Field(max_length=256)
+    operator: str = Field(min_length=1, max_length=64)
+    comment: str = Field("", max_length=2000)
+    created_at: datetime = Field(default_factory=utc_now)
+
+    @field_validator("feedback_id")
+    @classmethod
+    def _feedback_id(cls, value: str) -> str:
+        return _check_id(value, "feedback_id")
+
+    @field_validator("trace_id")
+    @classmethod
+    def _trace_id(cls, value: str) -> str:
+        return _check_trace_id(value)
+
+    @field_validator("defect_type", mode="before")
+    @classmethod
+    def _canonical_type(cls, value: Any) -> Any:
+        return canonical_defect_type(value) if isinstance(value, str) else value
+
+    @field_validator("operator", "comment")
+    @classmethod
+    def _printable(cls, value: str, info) -> str:
+        value = value.strip()
+        if any(ord(ch) < 32 and ch not in "\n\t" for ch in value):
+            raise ValueError(f"{info.field_name} contains control characters")
+        if info.field_name == "operator" and not value:
+            raise ValueError("operator must name who gave the feedback")
+        return value
+
+    @field_validator("created_at")
+    @classmethod
+    def _tz(cls, value: datetime) -> datetime:
+        return _utc(value)
+
+    @model_validator(mode="after")
+    def _type_only_for_relabel(self) -> "Feedback":
+        if self.action == "relabel" and not self.defect_type:
+            raise ValueError("relabel needs the corrected defect_type")
+        if self.action != "relabel" and self.defect_type is not None:
+            raise ValueError(f"defect_type is only given with relabel, not {self.action}")
+        return self
+
+
+def feedback_to_record(feedback: Feedback, trace_headers: Headers = ()) -> KafkaRecord:
+    return json_to_record(feedback, feedback.frame_id.encode(), trace_headers)
+
+
+def feedback_from_record(key: bytes | None, value: bytes | None, headers: Iterable[tuple[str, bytes]] | None) -> Feedback:
+    feedback = _json_model_from_record(Feedback, value, headers)
+    if _decode_key(key) != feedback.frame_id:
+        raise MessageValidationError(f"record key {key!r} differs from frame_id {feedback.frame_id!r}")
+    return feedback
+
+
+def json_to_record(message: Verdict | DeadLetter | Feedback, key: bytes | None,
+                   trace_headers: Headers = ()) -> KafkaRecord:
     value = message.model_dump_json().encode()
     if len(value) > MAX_JSON_BYTES:
         raise MessageValidationError(f"{type(message).__name__} is {len(value)} bytes, above {MAX_JSON_BYTES}")

@@ -1,4 +1,4 @@
-"""Pipeline subcommands of ``judo``: ``demo``, ``run`` and ``simulate``."""
+"""Pipeline subcommands of ``judo``: ``demo``, ``run``, ``simulate`` and ``dashboard``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from rich.live import Live
 from rich.table import Table
 
 from cluster.telemetry import percentile, setup_tracing, shutdown_tracing
+from pipelines.dashboard import register as register_dashboard
 from pipelines.simulator import CameraSimulator, CameraSpec
 
 
@@ -31,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="gallery, traces, ground truth, summary")
     demo.set_defaults(func=_demo)
     register_pipeline_commands(subparsers)
+    register_dashboard(subparsers)
 
 
 def _demo(args: argparse.Namespace) -> int:

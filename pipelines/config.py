@@ -169,7 +169,7 @@ class PipelineConfig(_Section):
     def resolve_paths(self, base: Path) -> "PipelineConfig":
         """Make relative paths relative to the config file's folder."""
         def fix(path: Path | None) -> Path | None:
-            return None if path is None or path.is_absolute() else base / path
+            return path if path is None or path.is_absolute() else base / path
 
         products = {name: p.model_copy(update={"bank": fix(p.bank)}) for name, p in self.products.items()}
         judo = self.judo.model_copy(update={"checkpoint": fix(self.judo.checkpoint) or self.judo.checkpoint})

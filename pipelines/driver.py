@@ -249,7 +249,8 @@ class FrameDriver:
             return results
         raise RuntimeError(f"prefilter pool unavailable: {last_error}")
 
-    async def _references(self, item: DecodedFrame, descriptor) -> list:
+    async def _references(self, item: DecodedFrame, descriptor) -> tuple[list[str], list]:
+        """The ids (they go on the verdict, for reviewers) and pixels (for JUDO) of the nearest normals."""
         from judo_model.imaging import decode_image
 
         started = time.perf_counter()
@@ -262,7 +263,7 @@ class FrameDriver:
             span.set_attribute("frame_id", item.frame.frame_id)
             span.set_attribute("reference_ids", [r["id"] for r in refs[0]])
         item.latency_ms["references"] = (time.perf_counter() - started) * 1000
-        return [decode_image(r["image"]) for r in refs[0]]
+        return [r["id"] for r in refs[0]], [decode_image(r["image"]) for r in refs[0]]
 
     async def _ask_judo(self, item: DecodedFrame, decision, prefilter_result: dict) -> Verdict:
         """References then JUDO, retried with backoff (a retry usually lands on another replica); each
@@ -275,10 +276,11 @@ class FrameDriver:
         attempts = self.config.ingest.judo_retries + 1
         last_error: Exception | None = None
         references = None
+        reference_ids: list[str] = []
         for attempt in range(attempts):
             try:
                 if references is None:
-                    references = await self._references(item, prefilter_result.get("descriptor"))
+                    reference_ids, references = await self._references(item, prefilter_result.get("descriptor"))
                 request = JudoFrameRequest(
                     frame_id=item.frame.frame_id, camera_id=item.frame.camera_id, line_id=item.frame.line_id,
                     product=item.frame.product, captured_at=item.frame.captured_at, query=item.image,
@@ -290,7 +292,8 @@ class FrameDriver:
                 timeout = self.config.judo.request_timeout_s * 2 ** attempt
                 verdict = await asyncio.wait_for(response, timeout=timeout)
                 total = (time.time() - item.received_at) * 1000
-                verdict = verdict.model_copy(update={"latency_ms": {**verdict.latency_ms, "total": total}})
+                verdict = verdict.model_copy(update={"latency_ms": {**verdict.latency_ms, "total": total},
+                                                     "reference_ids": reference_ids})
                 self.stats.latencies_judo_ms.append(total)
                 return verdict
             except Exception as exc:  # backpressure, replica death or timeout: retry, then fall back
