@@ -213,6 +213,11 @@ def _to_box(values: Sequence[object]) -> Box | None:
     return (x1, y1, x2, y2)
 
 
+def valid_boxes(boxes: Sequence[Box]) -> list[Box]:
+    """The boxes that follow the contract (inside 0-1000, x1 < x2, y1 < y2); the rest are dropped."""
+    return [box for box in boxes if _box_problem([box]) is None]
+
+
 def _box_problem(boxes: Sequence[Box]) -> str | None:
     for box in boxes:
         x1, y1, x2, y2 = box

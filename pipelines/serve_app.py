@@ -18,7 +18,7 @@ import numpy as np
 
 from cluster.messages import Answer, Defect, RLEMask, Verdict, canonical_defect_type
 from cluster.telemetry import context_from_carrier, setup_tracing, trace_id_hex, tracer
-from judo_model.output import COORDINATE_SCALE, choose_option
+from judo_model.output import COORDINATE_SCALE, choose_option, valid_boxes
 from judo_model.prompting import Question
 from judo_model.training.evidence import refine_region
 from pipelines.engines import JudoFrameRequest, JudoResult, make_engine
@@ -28,10 +28,14 @@ APP_NAME = "judo"
 
 
 def verdict_from_result(request: JudoFrameRequest, result: JudoResult) -> Verdict:
-    """Combine the prefilter's evidence and JUDO's answer into the frame's verdict."""
+    """Combine the prefilter's evidence and JUDO's answer into the frame's verdict.
+
+    Boxes that break the contract (corners out of order, outside 0-1000) are dropped, not
+    repaired; the verdict keeps the parser's error, so a malformed output still gives a verdict.
+    """
     parsed = result.parsed
     height, width = request.query.shape[:2]
-    boxes = list(parsed.boxes)
+    boxes = valid_boxes(parsed.boxes)
     defect = None
     is_anomalous = bool(parsed.defect) if parsed.defect is not None else request.anomaly_score > request.threshold
     if is_anomalous:

@@ -54,6 +54,14 @@ def test_normal_answer_gives_a_clean_verdict_and_garbage_gives_a_parse_error():
     assert verdict.parse_error and verdict.is_anomalous  # falls back on the prefilter's evidence
 
 
+def test_boxes_that_break_the_contract_are_dropped_and_the_verdict_keeps_the_parse_error():
+    text = ("<think>x</think>\n<defect>yes: stain</defect>\n"
+            "<region>[[175, 350, 275, 325], [100, 200, 300, 600], [0, 0, 1200, 50]]</region>")
+    verdict = verdict_from_result(request(), JudoResult(text, parse_output(text), "m", 1.0))
+    assert verdict.is_anomalous and "x1 < x2 and y1 < y2" in verdict.parse_error
+    assert [box.as_list() for box in verdict.defect.boxes] == [pytest.approx([0.1, 0.2, 0.3, 0.6])]
+
+
 def test_grounded_mask_falls_back_to_boxes_without_a_map():
     mask = refine_region([[0, 0, 500, 500]], 10, 10, None)
     assert mask.sum() == 25 and mask[:5, :5].all()
