@@ -50,6 +50,9 @@ def markdown(results: dict) -> str:
         "|" + "---|" * len(COLUMNS),
     ]
     lines += ["| " + " | ".join(cells(row)) + " |" for row in results["faults"]]
+    not_run = [name for name in FAULTS if name not in {row["fault"] for row in results["faults"]}]
+    if not_run:
+        lines += ["", "Not run in this benchmark: " + ", ".join(f"`{name}`" for name in not_run) + "."]
     lines += [
         "",
         "## The faults",
@@ -86,6 +89,11 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write(results: dict, args: argparse.Namespace) -> None:
+    args.json.write_text(json.dumps(results, indent=2))
+    (args.markdown or args.json.with_suffix(".md")).write_text(markdown(results))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, default=Path("docs/faults.json"))
@@ -98,24 +106,23 @@ def main() -> int:
     logging.getLogger("kafka").setLevel(logging.ERROR)
     console = Console()
     settings = FaultSettings(frames=args.frames, fps=args.fps)
-    rows = []
+    results = {"settings": asdict(settings), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+               "date": time.strftime("%Y-%m-%d"), "faults": []}
+    rows = results["faults"]
+    args.json.parent.mkdir(parents=True, exist_ok=True)
     with FaultBench(args.work, settings) as bench:
         for name in args.faults:
             console.print(f"[cyan]{name}[/]: {FAULTS[name].what}")
             report = bench.run(name)
             rows.append(report.row())
             console.print(f"  lost {report.lost}, duplicates {report.duplicates}, recovery {report.recovery_s} s")
-    results = {"settings": asdict(settings), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-               "date": time.strftime("%Y-%m-%d"), "faults": rows}
+            write(results, args)  # after every fault: an interrupted run still leaves its rows
     table = Table(title=f"faults: {settings.frames} frames per run at {settings.fps:g} frames/s")
     for column in COLUMNS:
         table.add_column(column)
     for row in rows:
         table.add_row(*cells(row))
     console.print(table)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2))
-    (args.markdown or args.json.with_suffix(".md")).write_text(markdown(results))
     return 0 if all(row["lost"] == 0 for row in rows) else 1
 
 
