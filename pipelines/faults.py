@@ -57,7 +57,10 @@ class FaultSettings:
 
 @dataclass
 class FaultReport:
-    """What one run produced; ``details`` holds the fault's own evidence (what was killed, retries)."""
+    """What one run produced; ``details`` holds the fault's own evidence (what was killed, retries).
+
+    ``missing`` and ``unexpected`` name (up to 20) produced frame ids without a verdict and verdicts
+    for frame ids never produced."""
 
     fault: str
     frames_in: int
@@ -73,9 +76,10 @@ class FaultReport:
     seconds: float
     details: dict = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
 
     def row(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "missing"}
+        return {k: v for k, v in asdict(self).items() if k not in ("missing", "unexpected")}
 
 
 class VerdictWatcher:
@@ -419,4 +423,4 @@ class FaultBench:
             pre_fault_fps=round(rate, 1), gap_s=round(gap, 2),
             recovery_s=round(recovery, 2),
             seconds=round(max(ours, default=started) - started, 1), details=details,
-            missing=sorted(produced - seen.keys())[:20])
+            missing=sorted(produced - seen.keys())[:20], unexpected=sorted(seen.keys() - produced)[:20])
