@@ -15,7 +15,12 @@ held-out categories, plus grounding IoU on defective images and verdict latency.
     judo train --stage all --data DATA --out RUNS/main                     # rows d (stages/sft), e
     python benchmarks/judo_ablation.py train --data DATA --runs RUNS --main RUNS/main   # rows c, a, b
     python benchmarks/judo_ablation.py eval  --data DATA --row c --checkpoint RUNS/c
+    python benchmarks/judo_ablation.py verdicts --data DATA --name NAME --checkpoint CKPT   # Stage 1 routes
     python benchmarks/judo_ablation.py report                              # docs/judo_ablation.{md,json}
+
+``verdicts`` scores a checkpoint's verdict (defect yes/no, type) and region (IoU of the boxes and
+of the boxes refined by the anomaly map) without any question, on 4 normal + 4 defective test
+images per category: the measure for comparing Stage 1 evidence routes.
 """
 
 from __future__ import annotations
@@ -46,10 +51,12 @@ ROWS = {
           ["--stage", "sft", "--init", "{main}/stages/seg", "--domain-knowledge-prob", "0"]),
     "c-heat": ("(c) with the heat map only as evidence (route comparison)",
                ["--evidence-route", "heat", "--domain-knowledge-prob", "0", "--grpo-steps", "0"]),
+    "d0": ("+ Stage 2 domain-knowledge SFT [earlier recipe]", None),
+    "e0": ("+ Stage 3 GRPO [earlier recipe]", None),
     "d": ("+ Stage 2 domain-knowledge SFT", None),
     "e": ("+ Stage 3 GRPO (shipped checkpoint)", None),
 }
-SUBSETS = {"test": ("mmad.json", 1), "heldout": ("mmad_heldout.json", 2)}
+SUBSETS = {"test": ("mmad.json", 1), "heldout": ("mmad_heldout.json", 2), "verdicts": ("mmad.json", 4)}
 
 
 def subset_file(data: Path, name: str) -> str:
@@ -107,7 +114,8 @@ def cmd_eval(args) -> None:
 
     torch.set_num_threads(args.threads)
     answerer = load_juxtaposed_answerer(args.checkpoint, args.data, name=f"judo-{args.row}")
-    result = {"row": args.row, "description": ROWS[args.row][0], "checkpoint": str(args.checkpoint)}
+    result = {"row": args.row, "description": ROWS[args.row][0], "checkpoint": str(args.checkpoint),
+              "recipe": recipe_summary(args.checkpoint)}
     for name in args.subsets:
         file = subset_file(args.data, name)
         start = time.time()
@@ -128,6 +136,53 @@ def cmd_eval(args) -> None:
         print("latency", result["latency"], flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"row_{args.row}.json").write_text(json.dumps(result, indent=1))
+
+
+def recipe_summary(checkpoint: Path) -> str:
+    """Evidence route and steps of a ``judo train`` checkpoint, for the report."""
+    from judo_model.training.pipeline import read_training_log
+
+    log = read_training_log(checkpoint)
+    recipe = log.get("recipe", {})
+    steps = ", ".join(f"{s['stage']} {len(s.get('steps', []))}" for s in log.get("stages", []))
+    return f"route {recipe.get('evidence_route') or 'none'}; steps: {steps or 'n/a'}"
+
+
+def cmd_verdicts(args) -> None:
+    import numpy as np
+    import torch
+
+    from judo_model.data.knowledge import category_facts
+    from judo_model.imaging import load_mask
+    from judo_model.mmad.format import MMADDataset
+    from judo_model.output import boxes_to_mask
+    from judo_model.training.answerer import load_juxtaposed_answerer
+
+    torch.set_num_threads(args.threads)
+    judo = load_juxtaposed_answerer(args.checkpoint, args.data).judo
+    correct, typed, box_ious, refined_ious, defective = 0, 0, [], [], 0
+    items = list(MMADDataset(args.data, subset_file(args.data, "verdicts")))
+    for item in items:
+        _, parsed = judo.generate(item.template_paths(1)[0], item.image_path, max_new_tokens=64)
+        correct += parsed.defect is (not item.is_normal)
+        if item.is_normal:
+            continue
+        defective += 1
+        defect = item.key.split("/")[-2]
+        facts = category_facts(item.category).defects
+        typed += defect in facts and parsed.defect_type == facts[defect].title
+        truth = load_mask(item.mask_path)
+        boxes = boxes_to_mask(parsed.boxes, *truth.shape)
+        refined, _ = judo.grounding(item.image_path, parsed.boxes)
+        box_ious.append((boxes & truth).sum() / max(1, (boxes | truth).sum()))
+        refined_ious.append((refined & truth).sum() / max(1, (refined | truth).sum()))
+    result = {"name": args.name, "checkpoint": str(args.checkpoint), "recipe": recipe_summary(args.checkpoint),
+              "images": len(items), "verdict_accuracy": round(100 * correct / len(items), 1),
+              "type_accuracy": round(100 * typed / max(defective, 1), 1),
+              "box_iou": round(float(np.mean(box_ious)), 3), "refined_iou": round(float(np.mean(refined_ious)), 3)}
+    print(json.dumps(result), flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"verdicts_{args.name}.json").write_text(json.dumps(result, indent=1))
 
 
 def cmd_random(args) -> None:
@@ -172,8 +227,21 @@ def cmd_report(args) -> None:
             acc = row[subset]["accuracy"]
             iou = (row[subset].get("grounding") or {}).get("mean_iou")
             cells = [f"{acc[c]:.1f}" if c in acc else "–" for c in COLUMNS]
-            lines.append(f"| ({row['row']}) {row['description']} | " + " | ".join(cells)
+            recipe = f" ({row['recipe']})" if row.get("recipe") else ""
+            lines.append(f"| ({row['row']}) {row['description']}{recipe} | " + " | ".join(cells)
                          + f" | {'–' if iou is None else f'{iou:.2f}'} | {row[subset]['questions']} |")
+        lines.append("")
+    verdict_rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("verdicts_*.json"))]
+    if verdict_rows:
+        lines += ["## Verdicts without questions (Stage 1 evidence routes)", "",
+                  "4 normal + 4 defective test images per in-distribution category; the reasoner writes "
+                  "its verdict, type and region with no question in the prompt. Refined IoU: boxes cut "
+                  "down to the anomaly map's hot pixels (the verdict's mask).", "",
+                  "| checkpoint | recipe | images | verdict acc. | type acc. (defective) | box IoU | refined IoU |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in verdict_rows:
+            lines.append(f"| {row['name']} | {row['recipe']} | {row['images']} | {row['verdict_accuracy']:.1f} | "
+                         f"{row['type_accuracy']:.1f} | {row['box_iou']:.3f} | {row['refined_iou']:.3f} |")
         lines.append("")
     latency = [r for r in rows if "latency" in r]
     if latency:
@@ -207,6 +275,12 @@ def main() -> None:
     ev.add_argument("--latency", type=int, default=0, help="also time N verdicts")
     ev.add_argument("--threads", type=int, default=1)
     ev.set_defaults(func=cmd_eval)
+    verdicts = commands.add_parser("verdicts", help="verdict, type and region of one checkpoint, no questions")
+    verdicts.add_argument("--data", type=Path, required=True)
+    verdicts.add_argument("--name", required=True)
+    verdicts.add_argument("--checkpoint", type=Path, required=True)
+    verdicts.add_argument("--threads", type=int, default=1)
+    verdicts.set_defaults(func=cmd_verdicts)
     rnd = commands.add_parser("random", help="score the random-letter baseline on the same subsets")
     rnd.add_argument("--data", type=Path, required=True)
     rnd.add_argument("--subsets", nargs="+", default=["test", "heldout"])

@@ -75,6 +75,9 @@ def test_balanced_sampler_leaves_the_verdict_to_the_images(examples):
     assert 0.44 < np.mean([d.is_normal for d in detection]) < 0.56
     assert {len(d.questions) == 1 for d in draws} == {True, False}
     assert all(not d.questions for d in BalancedSampler(examples, questions=False).batch(20))
+    replayed = BalancedSampler(examples, seed=1, replay=0.3).batch(1000)
+    assert 0.25 < np.mean([not d.questions for d in replayed]) < 0.35, "Stage 1 replay inside the QA stage"
+    assert 0.44 < np.mean([d.is_normal for d in replayed if not d.questions]) < 0.56
 
 
 def test_cached_encoder_matches_the_processor(data_dir, examples):

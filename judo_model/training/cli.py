@@ -38,7 +38,7 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--init", type=Path, help="start from this checkpoint (required for --stage grpo)")
     parser.add_argument("--curves", type=Path, help="PNG of the loss / reward curves")
     parser.add_argument("--train-file", default="mmad_train.json")
-    parser.add_argument("--evidence-route", choices=["heat", "heat_crop", "none"], default=None)
+    parser.add_argument("--evidence-route", choices=["heat", "heat_crop", "heat_crop_text", "none"], default=None)
     parser.add_argument("--no-reference", action="store_true", help="ablation: no juxtaposed normal reference")
     for f in fields(Recipe):
         if f.name in ("evidence_route", "reference"):

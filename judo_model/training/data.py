@@ -218,20 +218,27 @@ class BalancedSampler:
     questions), or a defective image with its defect questions. Prompts without the cue
     are then exactly 50/50 normal / defective. Within the kind, one random question is
     asked with probability ``single_question`` (as the MMAD harness asks them), otherwise
-    all of them are packed in MMAD order, which trains on every answer in one pass.
+    all of them are packed in MMAD order, which trains on every answer in one pass. With
+    probability ``replay`` the draw is instead a Stage 1 example (a normal or defective image,
+    50/50, asked nothing), so that the QA stage does not overwrite the verdict and region
+    Stage 1 learned.
     """
 
     def __init__(self, examples: list[Example], seed: int = 0, single_question: float = 0.4,
-                 questions: bool = True):
+                 questions: bool = True, replay: float = 0.0):
         self.rng = random.Random(seed)
         self.single_question = single_question
         self.questions = questions
+        self.replay = replay
         self.normal = [e for e in examples if e.is_normal]
         self.defective = [e for e in examples if not e.is_normal]
         if not self.normal and not self.defective:
             raise ValueError("no training examples")
 
     def __call__(self) -> Example:
+        if self.replay and self.rng.random() < self.replay:
+            pools = [pool for pool in (self.normal, self.defective) if pool]
+            return self.rng.choice(self.rng.choice(pools)).without_questions()
         kinds = [k for k, pool in (("normal", self.normal), ("neutral", self.defective), ("cue", self.defective))
                  if pool]
         kind = self.rng.choice(kinds)

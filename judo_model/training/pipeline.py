@@ -125,7 +125,7 @@ def train(data_dir: str | Path, out_dir: str | Path, stage: str = "all", recipe:
                                      "seg", questions=False, encoder=encoder)
         elif name == "sft":
             config = SFTConfig(recipe.sft_steps, recipe.batch_size, recipe.sft_lr, seed=recipe.seed + 1,
-                               single_question=recipe.single_question)
+                               single_question=recipe.single_question, replay=recipe.sft_replay)
             curve = train_supervised(model, processor, examples, prompt_options(recipe, True), evidence, config,
                                      "sft", encoder=encoder)
         else:

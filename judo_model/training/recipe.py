@@ -16,7 +16,7 @@ class Recipe:
     grpo_steps: int = 30
     batch_size: int = 8
     seg_lr: float = 2e-3
-    sft_lr: float = 1e-3
+    sft_lr: float = 5e-4
     grpo_lr: float = 1e-4
     grpo_generations: int = 4
     grpo_prompts_per_step: int = 2
@@ -25,5 +25,6 @@ class Recipe:
     evidence_route: str | None = "heat_crop_text"
     domain_knowledge_prob: float = 0.25
     single_question: float = 0.4
+    sft_replay: float = 0.3
     seed: int = 0
     threads: int = 1

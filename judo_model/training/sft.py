@@ -36,6 +36,7 @@ class SFTConfig:
     grad_clip: float = 1.0
     seed: int = 0
     single_question: float = 0.4
+    replay: float = 0.0
 
 
 @dataclass
@@ -78,7 +79,8 @@ def train_supervised(model, processor, examples: list[Example], options: PromptO
                      stage: str, questions: bool = True, encoder: CachedEncoder | None = None,
                      on_step: Callable[[int, float], None] | None = None) -> Curve:
     """Train ``model`` in place for ``config.steps`` balanced batches; returns the loss curve."""
-    sampler = BalancedSampler(examples, seed=config.seed, single_question=config.single_question, questions=questions)
+    sampler = BalancedSampler(examples, seed=config.seed, single_question=config.single_question, questions=questions,
+                              replay=config.replay)
     rng = random.Random(config.seed + 1)
     encoder = encoder or CachedEncoder(processor)
     pad = processor.tokenizer.pad_token_id
