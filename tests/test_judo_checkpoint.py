@@ -49,7 +49,7 @@ def test_checkpoint_is_a_small_standard_folder(judo):
     assert config["model_type"] == "qwen2_5_vl"
     assert judo.model.generation_config.do_sample is False
     stages = [s["stage"] for s in json.loads((CHECKPOINT / "judo_training.json").read_text())["stages"]]
-    assert stages == ["seg", "sft", "grpo"]
+    assert stages == ["seg", "sft"]  # Stage 3 is not applied to the shipped model: docs/judo_training.md
 
 
 def _answer_known_image(judo, known_data):
@@ -77,8 +77,8 @@ def test_known_defect_is_found_and_boxed(judo, known_data):
     assert (boxes_to_mask(parsed.boxes, *mask.shape) & mask).any(), raw
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped tiny checkpoint (~32 min of CPU training) still names the wrong "
-                   "defect type and answers with another question's option; see docs/judo_ablation.md")
+@pytest.mark.xfail(strict=True, reason="the shipped tiny checkpoint (~39 min of CPU training) finds and boxes it but names it a "
+                   "stain; see docs/judo_ablation.md")
 def test_known_defect_is_typed_and_answered(judo, known_data):
     from judo_model.data.knowledge import category_facts
 

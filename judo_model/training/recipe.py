@@ -13,7 +13,7 @@ class Recipe:
 
     seg_steps: int = 1500
     sft_steps: int = 600
-    grpo_steps: int = 30
+    grpo_steps: int = 0
     batch_size: int = 8
     seg_lr: float = 2e-3
     sft_lr: float = 5e-4
