@@ -53,8 +53,8 @@ ROWS = {
                ["--evidence-route", "heat", "--domain-knowledge-prob", "0", "--grpo-steps", "0"]),
     "d0": ("+ Stage 2 domain-knowledge SFT [earlier recipe]", None),
     "e0": ("+ Stage 3 GRPO [earlier recipe]", None),
-    "d": ("+ Stage 2 domain-knowledge SFT", None),
-    "e": ("+ Stage 3 GRPO (shipped checkpoint)", None),
+    "d": ("+ Stage 2 domain-knowledge SFT with Stage 1 replay (shipped checkpoint)", None),
+    "e": ("+ Stage 3 GRPO (not shipped)", None),
 }
 SUBSETS = {"test": ("mmad.json", 1), "heldout": ("mmad_heldout.json", 2), "verdicts": ("mmad.json", 4)}
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hmac
 import time
 
 import numpy as np
@@ -168,7 +169,7 @@ def build_judo_deployment(config):
 
             if self.bearer_token:
                 header = http_request.headers.get("authorization", "")
-                if header != f"Bearer {self.bearer_token}":
+                if not hmac.compare_digest(header.encode(), f"Bearer {self.bearer_token}".encode()):
                     return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
             try:
                 request = http_request_to_frame_request(await http_request.json())
