@@ -101,6 +101,7 @@ def test_prompt_names_images_in_fixed_order(tmp_path):
         gray(),
         query_path,
         evidence_image=gray(value=10),
+        evidence_note="Prefilter: anomaly score 1.8 x threshold, hottest at [0, 0, 25, 25].",
         questions=[Question("Is there any defect?", {"A": "Yes", "B": "No"}), Question("Describe it.")],
         domain_knowledge="Capsules are red and black.",
     )
@@ -109,9 +110,10 @@ def test_prompt_names_images_in_fixed_order(tmp_path):
     content = prompt.messages[0]["content"]
     assert [part["type"] for part in content].count("image") == 3
     text = "".join(part.get("text", "<IMG>") for part in content)
-    assert text.index("Image 1 is a normal") < text.index("Image 2 is the query") < text.index("Image 3 is an anomaly")
+    assert text.index("Image 1 is a normal") < text.index("Image 2 is the query") < text.index("Image 3 is the prefilter")
     assert "comparing it with the normal reference (image 1)" in text
-    assert text.index("Capsules are red") < text.index("Question 1: Is there any defect?\nA: Yes\nB: No")
+    assert (text.index("comparing it") < text.index("Prefilter: anomaly score 1.8") < text.index("Capsules are red")
+            < text.index("Question 1: Is there any defect?\nA: Yes\nB: No"))
     assert "Question 2: Describe it." in text and "<answer>" in text
 
 
