@@ -149,3 +149,11 @@ def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image)).convert("RGB").save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
+
+
+def resize_map(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A float score map (anomaly map, mask) bilinearly resized to ``height`` x ``width``, as float32."""
+    array = np.asarray(array, dtype=np.float32)
+    if array.shape == (height, width):
+        return array
+    return np.asarray(Image.fromarray(array, "F").resize((width, height), Image.BILINEAR))

@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
-from PIL import Image
 from rich.table import Table
 from scipy.stats import rankdata
 
-from judo_model.imaging import load_image, load_mask
+from judo_model.imaging import load_image, load_mask, resize_map
 
 from .answerers import Answerer, GroundedAnswer, MMADQuery
 from .format import MMADDataset, MMADItem
@@ -48,7 +47,7 @@ class _GroundingAccumulator:
         union = np.logical_or(region, truth).sum()
         if truth.any():
             self.ious.append(float(np.logical_and(region, truth).sum() / union) if union else 0.0)
-        score = _resize(reply.anomaly_map, height, width) if reply.anomaly_map is not None else region
+        score = resize_map(reply.anomaly_map, height, width) if reply.anomaly_map is not None else region
         step = max(1, int(np.sqrt(height * width / 65536)))
         self.scores.append(np.asarray(score, np.float32)[::step, ::step].ravel())
         self.labels.append(truth[::step, ::step].ravel())
@@ -72,21 +71,15 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
-def _resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
-    if array.shape == (height, width):
-        return array.astype(np.float32)
-    return np.asarray(Image.fromarray(array.astype(np.float32), "F").resize((width, height), Image.BILINEAR))
-
-
 def _binary_region(reply: GroundedAnswer, height: int, width: int) -> np.ndarray:
     """The predicted region as a boolean map of the ground-truth size."""
     if reply.mask is not None:
-        return _resize(reply.mask.astype(np.float32), height, width) > 0.5
+        return resize_map(reply.mask.astype(np.float32), height, width) > 0.5
     region = np.zeros((height, width), bool)
     for x1, y1, x2, y2 in reply.boxes:
         region[int(y1 * height):int(np.ceil(y2 * height)), int(x1 * width):int(np.ceil(x2 * width))] = True
     if not reply.boxes and reply.anomaly_map is not None:
-        scores = _resize(reply.anomaly_map, height, width)
+        scores = resize_map(reply.anomaly_map, height, width)
         region = scores >= scores.mean() + 2 * scores.std()
     return region
 

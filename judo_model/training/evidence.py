@@ -36,7 +36,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from judo_model.imaging import load_image
+from judo_model.imaging import load_image, resize_map
 from judo_model.output import Box, boxes_to_mask, largest_boxes
 
 EVIDENCE_ROUTES = ("heat", "heat_crop", "heat_crop_text")
@@ -105,20 +105,13 @@ def peak_crop_box(anomaly_map: np.ndarray, fraction: float = CROP_FRACTION) -> t
     return top, left, top + side, left + side
 
 
-def _map_at(anomaly_map: np.ndarray, height: int, width: int) -> np.ndarray:
-    anomaly_map = np.asarray(anomaly_map, dtype=np.float32)
-    if anomaly_map.shape == (height, width):
-        return anomaly_map
-    return np.asarray(Image.fromarray(anomaly_map, "F").resize((width, height), Image.BILINEAR))
-
-
 def render_evidence(query: np.ndarray, anomaly_map: np.ndarray, threshold: float,
                     route: str = DEFAULT_ROUTE) -> Image.Image:
     """The evidence image for one query (``route`` in :data:`EVIDENCE_ROUTES`)."""
     if route not in EVIDENCE_ROUTES:
         raise ValueError(f"unknown evidence route {route!r}; expected one of {EVIDENCE_ROUTES}")
     query = np.asarray(query)
-    anomaly_map = _map_at(anomaly_map, *query.shape[:2])
+    anomaly_map = resize_map(anomaly_map, *query.shape[:2])
     heat = Image.fromarray(heat_image(anomaly_map / max(threshold, 1e-6))).resize((PANEL, PANEL), Image.BILINEAR)
     if route == "heat":
         return heat
@@ -167,7 +160,7 @@ def refine_region(boxes: Sequence[Box], height: int, width: int, anomaly_map: np
     region = boxes_to_mask(boxes, height, width)
     if anomaly_map is None or not region.any():
         return region
-    amap = _map_at(anomaly_map, height, width)
+    amap = resize_map(anomaly_map, height, width)
     inside = amap[region]
     cut = inside.min() + 0.5 * (inside.max() - inside.min())
     refined = region & (amap >= cut)
