@@ -34,10 +34,9 @@ demo: kafka-jars
 	$(VENV)/bin/judo demo
 
 test: kafka-jars browser
-	$(PY) -m pytest -q -p no:cacheprovider -m "not faults" tests
+	$(PY) -m pytest -q -p no:cacheprovider -rfE tests
 
-# The fault-injection suite (tests/test_faults.py, about 20-40 min on 2 cores): kept out of `make test`
-# until it passes reliably there (issue 7 is open on it).
+# The fault-injection suite alone (tests/test_faults.py, part of `make test`; about 25 min on 2 cores).
 test-faults: kafka-jars
 	$(PY) -m pytest -q -p no:cacheprovider -rfE -m faults tests
 

@@ -609,6 +609,26 @@ class PrefilterScorer:
         return cls(PatchCoreBank.load(directory, extractor))
 
 
+#: folders of a category that hold labelled defect examples, ``<split>/<defect type>/*.png``
+#: (``defect_examples`` for a plant's own library; ``train_qa`` in the synthetic data)
+DEFECT_EXAMPLE_SPLITS = ("defect_examples", "train_qa")
+
+
+def labelled_defect_examples(category_dir: str | Path) -> list[tuple[Path, str]]:
+    """(image path, defect type) of every labelled defect example in a category folder."""
+    from judo_model.data.mvtec import GOOD, IMAGE_EXTENSIONS
+
+    found = []
+    for split in DEFECT_EXAMPLE_SPLITS:
+        folder = Path(category_dir) / split
+        if not folder.is_dir():
+            continue
+        for label_dir in sorted(p for p in folder.iterdir() if p.is_dir() and p.name != GOOD):
+            found += [(path, label_dir.name) for path in sorted(label_dir.iterdir())
+                      if path.suffix.lower() in IMAGE_EXTENSIONS]
+    return found
+
+
 def fit_bank_from_folder(
     data: str | Path,
     category: str | None,
@@ -621,10 +641,15 @@ def fit_bank_from_folder(
     """Fit, calibrate and save one product's bank plus its reference index from an MVTec-style folder.
 
     Uses ``train/good`` for the bank and the references, ``validation/good`` (if any) for the
-    threshold; writes ``out/`` and ``out/references/``. One backbone pass serves both.
+    threshold, and labelled defect examples (:data:`DEFECT_EXAMPLE_SPLITS`, if any, labelled by the
+    names answers use: :func:`judo_model.data.knowledge.defect_title`) for the reference index's
+    defect exemplars; writes ``out/`` and ``out/references/``. One backbone
+    pass serves bank and references.
     """
-    from actors.references import REFERENCES_SUBDIR, ReferenceIndex
+    from actors.references import REFERENCES_SUBDIR, DefectExemplars, ReferenceIndex
+    from judo_model.data.knowledge import defect_title
     from judo_model.data.mvtec import discover_categories
+    from judo_model.imaging import load_image
 
     cats = discover_categories(data, [category] if category else None)
     if len(cats) != 1:
@@ -637,10 +662,19 @@ def fit_bank_from_folder(
     val = bank.embed([s.load_image() for s in validation]) if validation else None
     scorer = PrefilterScorer.fit_embedded(bank, embedded, val, target_routing_rate, folds)
     out = scorer.save(out)
-    ReferenceIndex.from_embedded(
+    references = ReferenceIndex.from_embedded(
         cat.name, scorer.bank.config, embedded, [s.sample_id for s in train], [str(s.path) for s in train],
         scorer.bank.embedder.extractor,
-    ).save(out / REFERENCES_SUBDIR)
+    )
+    examples = labelled_defect_examples(cat.root)
+    if examples:
+        frames = [load_image(path) for path, _ in examples]
+        scored = scorer.bank.score(frames)
+        references.defects = DefectExemplars.build(
+            cat.name, frames, [scored.anomaly_map(i) for i in range(len(frames))],
+            [defect_title(cat.name, label) for _, label in examples],
+            [str(path.relative_to(cat.root)) for path, _ in examples], scorer.bank.embedder.extractor)
+    references.save(out / REFERENCES_SUBDIR)
     return scorer
 
 
@@ -663,7 +697,6 @@ class ProductService:
         service_name: str | None = None,
         trace_file: str | None = None,
     ):
-        torch.set_num_threads(threads)
         if service_name or trace_file:
             from cluster.telemetry import setup_tracing
 
@@ -674,6 +707,10 @@ class ProductService:
             item = self._load(directory, extractor)
             extractor = self._extractor_of(item)
             self.items[product] = item
+        # after loading: each bank's backbone sets its own fitting-time thread count, the service's wins
+        self.threads = threads
+        torch.set_num_threads(threads)
+        faiss.omp_set_num_threads(threads)
 
     def _load(self, directory: str, extractor: FeatureExtractor | None):
         raise NotImplementedError

@@ -6,8 +6,9 @@ Rows (each adds one thing to the row above):
   (c) + Stage 1 on pretrained evidence     (d) + Stage 2 domain-knowledge SFT
   (e) + Stage 3 GRPO
 
-(d) and (e) are the shipped recipe (``judo train --stage all``: ``OUT/stages/sft`` and
-``OUT``); (a)-(c) are the same recipe with parts switched off, same steps. Every row is
+(d) is the shipped recipe (``judo train --stage all``; its Stage 3 is off, ``--grpo-steps N`` turns
+it on for (e)); (a)-(c) are the same recipe with parts switched off, same steps; rows with a digit
+(d0, e0, d1, e1) are earlier recipes, kept for comparison. Every row is
 scored by :func:`judo_model.mmad.evaluate.evaluate` (MMAD's 1-shot protocol, no domain
 knowledge in the prompt) on a balanced subset of the synthetic test split and of the
 held-out categories, plus grounding IoU on defective images and verdict latency.
@@ -53,8 +54,10 @@ ROWS = {
                ["--evidence-route", "heat", "--domain-knowledge-prob", "0", "--grpo-steps", "0"]),
     "d0": ("+ Stage 2 domain-knowledge SFT [earlier recipe]", None),
     "e0": ("+ Stage 3 GRPO [earlier recipe]", None),
-    "d": ("+ Stage 2 domain-knowledge SFT with Stage 1 replay (shipped checkpoint)", None),
-    "e": ("+ Stage 3 GRPO (not shipped)", None),
+    "d1": ("+ Stage 2 domain-knowledge SFT with Stage 1 replay [previous shipped, no defect hint]", None),
+    "e1": ("+ Stage 3 GRPO on (d1) (not shipped)", None),
+    "d": ("+ Stage 2 domain-knowledge SFT with Stage 1 replay, evidence note with the labelled-defect hint "
+          "(shipped checkpoint)", None),
 }
 SUBSETS = {"test": ("mmad.json", 1), "heldout": ("mmad_heldout.json", 2), "verdicts": ("mmad.json", 4)}
 

@@ -157,3 +157,14 @@ def resize_map(array: np.ndarray, height: int, width: int) -> np.ndarray:
     if array.shape == (height, width):
         return array
     return np.asarray(Image.fromarray(array, "F").resize((width, height), Image.BILINEAR))
+
+
+def peak_crop_box(score_map: np.ndarray, fraction: float) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) of a square crop, ``fraction`` of the short side, centred on the
+    map's maximum and kept inside the image: where to look closer at an anomaly."""
+    height, width = score_map.shape
+    side = max(8, int(round(min(height, width) * fraction)))
+    row, col = np.unravel_index(int(np.argmax(score_map)), score_map.shape)
+    top = int(np.clip(row - side // 2, 0, height - side))
+    left = int(np.clip(col - side // 2, 0, width - side))
+    return top, left, top + side, left + side

@@ -41,6 +41,7 @@ class DriverStats:
     dead_letters: int = 0
     judo_retries: int = 0
     judo_fallbacks: int = 0
+    prefilter_retries: int = 0
     paused_polls: int = 0
     commits: int = 0
     commit_failures: int = 0
@@ -226,31 +227,42 @@ class FrameDriver:
         self.offsets.done(item.position)
 
     async def _prefilter(self, product: str, items: list[DecodedFrame]) -> list[dict]:
-        """Score on the pool; a dead actor is retried on the next one (Ray restarts it)."""
-        from ray.exceptions import RayActorError
+        """Score on the pool. An actor that is dead or restarting is infrastructure, not bad input:
+        the batch goes to the next actor, with a capped backoff, for as long as the driver runs (Ray
+        restarts the actor; backpressure holds the partitions meanwhile), so a valid frame never
+        becomes a dead letter because a process died. An error the actor raised for these frames
+        (``RayTaskError``) propagates and dead-letters them."""
+        from ray.exceptions import RayError, RayTaskError
 
         images = [item.image for item in items]
         carriers = [item.trace for item in items]
-        last_error = None
-        for attempt in range(len(self.prefilter_pool) * 3):
+        attempt = 0
+        while True:
             handle = self.prefilter_pool[self._next_prefilter % len(self.prefilter_pool)]
             self._next_prefilter += 1
             started = time.perf_counter()
             try:
                 results = await handle.score_frames.remote(product, images, carriers,
                                                            [item.frame.frame_id for item in items])
-            except RayActorError as exc:
-                last_error = exc
-                await asyncio.sleep(min(0.2 * (attempt + 1), 2.0))
+            except RayTaskError:
+                raise
+            except RayError as exc:
+                attempt += 1
+                self.stats.prefilter_retries += 1
+                if not self._running and attempt > 3 * len(self.prefilter_pool):
+                    raise RuntimeError(f"prefilter pool unavailable while stopping: {exc}") from exc
+                log.warning("prefilter attempt %d failed (%s); retrying on the next actor", attempt,
+                            type(exc).__name__)
+                await asyncio.sleep(min(0.2 * attempt, 5.0))
                 continue
             elapsed = (time.perf_counter() - started) * 1000
             for item in items:
                 item.latency_ms["prefilter"] = elapsed
             return results
-        raise RuntimeError(f"prefilter pool unavailable: {last_error}")
 
-    async def _references(self, item: DecodedFrame, descriptor) -> tuple[list[str], list]:
-        """The ids (they go on the verdict, for reviewers) and pixels (for JUDO) of the nearest normals."""
+    async def _references(self, item: DecodedFrame, descriptor, anomaly_map) -> tuple[list[str], list, str | None]:
+        """The ids (they go on the verdict, for reviewers) and pixels (for JUDO) of the nearest normals,
+        and the labelled defect the frame's anomaly looks most like (None without a defect library)."""
         from judo_model.imaging import decode_image
 
         started = time.perf_counter()
@@ -260,10 +272,14 @@ class FrameDriver:
                 refs = await self.references.query_descriptors.remote(item.frame.product, descriptor, k, True)
             else:
                 refs = await self.references.query.remote(item.frame.product, [item.image], k, True)
+            hint = None
+            if anomaly_map is not None:
+                hint = await self.references.defect_hint.remote(item.frame.product, item.image, anomaly_map)
             span.set_attribute("frame_id", item.frame.frame_id)
             span.set_attribute("reference_ids", [r["id"] for r in refs[0]])
+            span.set_attribute("defect_hint", hint or "")
         item.latency_ms["references"] = (time.perf_counter() - started) * 1000
-        return [r["id"] for r in refs[0]], [decode_image(r["image"]) for r in refs[0]]
+        return [r["id"] for r in refs[0]], [decode_image(r["image"]) for r in refs[0]], hint
 
     async def _ask_judo(self, item: DecodedFrame, decision, prefilter_result: dict) -> Verdict:
         """References then JUDO, retried with backoff (a retry usually lands on another replica); each
@@ -277,15 +293,17 @@ class FrameDriver:
         last_error: Exception | None = None
         references = None
         reference_ids: list[str] = []
+        hint = None
         for attempt in range(attempts):
             try:
                 if references is None:
-                    reference_ids, references = await self._references(item, prefilter_result.get("descriptor"))
+                    reference_ids, references, hint = await self._references(
+                        item, prefilter_result.get("descriptor"), prefilter_result.get("anomaly_map"))
                 request = JudoFrameRequest(
                     frame_id=item.frame.frame_id, camera_id=item.frame.camera_id, line_id=item.frame.line_id,
                     product=item.frame.product, captured_at=item.frame.captured_at, query=item.image,
                     references=references, anomaly_score=decision.score, threshold=decision.threshold,
-                    anomaly_map=prefilter_result.get("anomaly_map"), latency_ms=dict(item.latency_ms),
+                    anomaly_map=prefilter_result.get("anomaly_map"), defect_hint=hint, latency_ms=dict(item.latency_ms),
                     trace=item.trace)
                 response = self.judo.infer.remote(request)
                 # a timed-out request keeps its replica busy: longer waits on retries, not a retry storm

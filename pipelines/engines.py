@@ -24,7 +24,8 @@ from judo_model.prompting import Question
 @dataclass
 class JudoFrameRequest:
     """Everything a replica needs to give one suspect frame its verdict: the frame, its
-    juxtaposition context (k normal references, the prefilter's anomaly map and threshold)."""
+    juxtaposition context (k normal references, the prefilter's anomaly map and threshold, and the
+    labelled defect type the anomaly looks most like, where the product has a defect library)."""
 
     frame_id: str
     camera_id: str
@@ -36,6 +37,7 @@ class JudoFrameRequest:
     anomaly_score: float
     threshold: float
     anomaly_map: np.ndarray | None = None
+    defect_hint: str | None = None
     questions: list[Question] | None = None
     latency_ms: dict[str, float] = field(default_factory=dict)
     trace: dict[str, str] = field(default_factory=dict)
@@ -50,7 +52,8 @@ def prompt_inputs(request: JudoFrameRequest, options) -> dict:
     reference = shown(request.references[0]) if options.reference and request.references else None
     evidence = EvidenceInputs()
     if options.evidence_route and request.anomaly_map is not None:
-        evidence = evidence_inputs(request.query, request.anomaly_map, request.threshold, options.evidence_route)
+        evidence = evidence_inputs(request.query, request.anomaly_map, request.threshold, options.evidence_route,
+                                   request.defect_hint)
     return dict(reference_image=reference, query_image=shown(request.query), evidence_image=evidence.image,
                 evidence_note=evidence.note, questions=request.questions)
 

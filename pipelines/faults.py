@@ -60,7 +60,7 @@ class FaultReport:
     """What one run produced; ``details`` holds the fault's own evidence (what was killed, retries).
 
     ``missing`` and ``unexpected`` name (up to 20) produced frame ids without a verdict and verdicts
-    for frame ids never produced."""
+    for frame ids never produced; ``dead_letter_reasons`` the reasons of (up to 20) dead letters."""
 
     fault: str
     frames_in: int
@@ -77,9 +77,10 @@ class FaultReport:
     details: dict = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
+    dead_letter_reasons: list[str] = field(default_factory=list)
 
     def row(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k not in ("missing", "unexpected")}
+        return {k: v for k, v in asdict(self).items() if k not in ("missing", "unexpected", "dead_letter_reasons")}
 
 
 class VerdictWatcher:
@@ -279,20 +280,24 @@ def wait_for_group(settings, group: str, members: int, timeout_s: float = 120.0)
     rebalance (which redelivers frames already in flight) is not counted against a fault."""
     admin = settings.admin()
     deadline = time.monotonic() + timeout_s
+    seen = "nothing"
     try:
         while time.monotonic() < deadline:
             try:
                 info = admin.describe_groups([group]).get(group, {})
             except Exception as exc:  # the coordinator may not be known yet
-                log.debug("describe_groups: %s", exc)
-                info = {}
-            state = info.get("group_state", info.get("state"))
-            if state == "Stable" and len(info.get("members", [])) == members:
-                return
+                seen = f"describe_groups failed: {type(exc).__name__}: {exc}"
+                info = None
+            if info is not None:
+                state = info.get("group_state", info.get("state"))
+                seen = f"state {state} with {len(info.get('members', []))} members"
+                if state == "Stable" and len(info.get("members", [])) == members:
+                    return
             time.sleep(0.5)
     finally:
         admin.close()
-    raise TimeoutError(f"consumer group {group} not stable with {members} members after {timeout_s:.0f} s")
+    raise TimeoutError(f"consumer group {group} not stable with {members} members after {timeout_s:.0f} s "
+                       f"(last seen: {seen})")
 
 
 # --------------------------------------------------------------------------- the bench
@@ -377,7 +382,13 @@ class FaultBench:
                                  f.defect_type, f.bbox) for i, f in enumerate(self.frames)]
         expected = {f.frame.frame_id for f in frames}
         ctx = FaultContext(kafka, Pipeline(config, kafka.settings()).start(), config, s)
-        wait_for_group(kafka.settings(), config.ingest.group_id, config.ingest.actors, s.timeout_s)
+        try:
+            wait_for_group(kafka.settings(), config.ingest.group_id, config.ingest.actors, s.timeout_s)
+        except TimeoutError as exc:
+            stats = ctx.pipeline.stats()
+            ctx.pipeline.stop()
+            raise TimeoutError(f"{exc}; driver restarts {stats.get('driver_restarts')}, frames in "
+                               f"{stats.get('frames_in')}, commit failures {stats.get('commit_failures')}") from exc
         watcher = VerdictWatcher(kafka.settings(), config.topics.verdicts, config.topics.dead_letters).start()
         published: list[SimulatedFrame] = []
         errors: list[BaseException] = []
@@ -401,8 +412,8 @@ class FaultBench:
             watcher.wait_until(lambda w: expected <= w.first_seen.keys(), s.timeout_s)
             publisher.join(timeout=s.timeout_s)
             stats = ctx.pipeline.stats()
-            details.update({k: stats.get(k, 0) for k in ("judo_retries", "judo_fallbacks", "driver_restarts",
-                                                          "commit_failures")})
+            details.update({k: stats.get(k, 0) for k in ("judo_retries", "judo_fallbacks", "prefilter_retries",
+                                                          "driver_restarts", "commit_failures")})
             if fault.observe is not None:
                 details.update(fault.observe(ctx))
         finally:
@@ -423,4 +434,5 @@ class FaultBench:
             pre_fault_fps=round(rate, 1), gap_s=round(gap, 2),
             recovery_s=round(recovery, 2),
             seconds=round(max(ours, default=started) - started, 1), details=details,
-            missing=sorted(produced - seen.keys())[:20], unexpected=sorted(seen.keys() - produced)[:20])
+            missing=sorted(produced - seen.keys())[:20], unexpected=sorted(seen.keys() - produced)[:20],
+            dead_letter_reasons=[f"{letter.stage}: {letter.reason}" for letter in watcher.dead_letters[:20]])

@@ -26,6 +26,26 @@ log = logging.getLogger(__name__)
 SUPERVISE_INTERVAL_S = 1.0
 
 
+@dataclass
+class RestartBackoff:
+    """How long to wait before replacing a driver slot's actor again.
+
+    The first failure after a healthy run is replaced at once (a killed actor should cost one
+    rebalance, not a wait); each further failure within ``healthy_s`` of its start doubles the
+    wait, up to ``max_s``, so a driver that dies on start (a broken config, an unreachable
+    broker) does not spin the cluster creating actors.
+    """
+
+    initial_s: float = 1.0
+    max_s: float = 30.0
+    healthy_s: float = 60.0
+    failures: int = 0
+
+    def delay_after(self, ran_for_s: float) -> float:
+        self.failures = 1 if ran_for_s >= self.healthy_s else self.failures + 1
+        return 0.0 if self.failures == 1 else min(self.initial_s * 2 ** (self.failures - 2), self.max_s)
+
+
 def bank_threshold(bank_dir: Path) -> float:
     """The calibrated routing threshold stored with a prefilter bank."""
     from actors.prefilter import BANK_META
@@ -143,21 +163,31 @@ class Pipeline:
         import ray
 
         handles = self.handles
+        started = [time.monotonic()] * len(handles.runs)
+        backoff = [RestartBackoff() for _ in handles.runs]
+        due: dict[int, float] = {}  # slot -> when its replacement starts
         while not self._stopping.wait(SUPERVISE_INTERVAL_S):
-            ready, _ = ray.wait(list(handles.runs), num_returns=len(handles.runs), timeout=0)
+            live = [run for i, run in enumerate(handles.runs) if i not in due]
+            ready, _ = ray.wait(live, num_returns=len(live), timeout=0) if live else ([], [])
             for i, run in enumerate(list(handles.runs)):
-                if run not in ready or self._stopping.is_set():
+                if i in due or run not in ready or self._stopping.is_set():
                     continue
                 try:
                     ray.get(run)
                     reason = "its loop returned"
                 except Exception as exc:
                     reason = f"{type(exc).__name__}: {exc}"
-                log.warning("frame driver %d ended (%s); starting a replacement", i, reason)
+                delay = backoff[i].delay_after(time.monotonic() - started[i])
+                log.warning("frame driver %d ended (%s); replacing it in %.0f s", i, reason, delay)
                 ray.kill(handles.drivers[i], no_restart=True)
-                driver = self._driver_cls.remote(*self._driver_args)
-                handles.drivers[i], handles.runs[i] = driver, driver.run.remote()
-                self.driver_restarts += 1
+                due[i] = time.monotonic() + delay
+            for i, when in list(due.items()):
+                if time.monotonic() >= when and not self._stopping.is_set():
+                    driver = self._driver_cls.remote(*self._driver_args)
+                    handles.drivers[i], handles.runs[i] = driver, driver.run.remote()
+                    started[i] = time.monotonic()
+                    del due[i]
+                    self.driver_restarts += 1
 
     def stats(self) -> dict:
         """Counters summed over the live drivers, with latency samples concatenated.

@@ -96,7 +96,7 @@ class JudoReplica:
 
 def http_request_to_frame_request(payload: dict) -> JudoFrameRequest:
     """Ad-hoc HTTP question about one image: ``{"image": b64, "product": str, "references": [b64],
-    "questions": [{"text": str, "options": {"A": str}}]}``."""
+    "questions": [{"text": str, "options": {"A": str}}]}`` (optionally ``defect_hint``: a defect type)."""
     from judo_model.imaging import decode_image
 
     def image(field_name: str, value: str) -> np.ndarray:
@@ -114,7 +114,7 @@ def http_request_to_frame_request(payload: dict) -> JudoFrameRequest:
         frame_id=str(payload.get("frame_id", "adhoc")), camera_id="http", line_id="http",
         product=str(payload["product"]), captured_at=None, query=query, references=references,
         anomaly_score=float(payload.get("anomaly_score", 0.0)), threshold=float(payload.get("threshold", 0.0)),
-        questions=questions or None)
+        defect_hint=str(payload["defect_hint"]) if payload.get("defect_hint") else None, questions=questions or None)
 
 
 def build_judo_deployment(config):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from pipelines.commands import SHIPPED_CHECKPOINT
-from pipelines.faults import FaultBench, FaultSettings, recovery_metrics
+from pipelines.faults import FaultBench, FaultSettings
 
 pytestmark = [
     pytest.mark.faults,
@@ -29,7 +29,7 @@ def assert_nothing_lost(report, bench):
     assert report.lost == 0, f"{report.fault}: no verdict for {report.missing}"
     assert report.unexpected == [], "the verdict topic holds exactly the produced frame ids"
     assert report.verdicts_out == report.frames_in
-    assert report.dead_letters == 0
+    assert report.dead_letters == 0, report.dead_letter_reasons
 
 
 def test_baseline_run_has_no_losses_and_no_duplicates(bench):
@@ -82,14 +82,3 @@ def test_pipeline_restarted_resumes_from_committed_offsets(bench):
     report = bench.run("pipeline_restarted")
     assert_nothing_lost(report, bench)
     assert report.details["pipeline_down_s"] >= bench.settings.outage_s
-
-
-def test_recovery_metrics_on_a_stall_then_catch_up():
-    # 10 verdicts/s for 10 s, nothing for 5 s after the fault at t=10, then 20/s until caught up
-    before = [i / 10 for i in range(100)]
-    after = [15 + i / 20 for i in range(200)]
-    rate, gap, recovery = recovery_metrics(before + after, fault_at=10.0, frames=300, slack_s=2.0)
-    assert rate == pytest.approx(10.0, rel=0.02)
-    assert gap == pytest.approx(5.0, abs=0.01)
-    # on schedule for good once 100 + 20 (t - 15) >= 100 + 10 (t - 10) - 20, at t = 17.9 on the grid
-    assert recovery == pytest.approx(7.9, abs=0.06)

@@ -101,7 +101,7 @@ def test_prompt_names_images_in_fixed_order(tmp_path):
         gray(),
         query_path,
         evidence_image=gray(value=10),
-        evidence_note="Prefilter: anomaly score 1.8 x threshold, hottest at [0, 0, 25, 25].",
+        evidence_note="Prefilter: anomaly score 1.8 x threshold (above), hottest at [0, 0, 25, 25].",
         questions=[Question("Is there any defect?", {"A": "Yes", "B": "No"}), Question("Describe it.")],
         domain_knowledge="Capsules are red and black.",
     )

@@ -125,8 +125,39 @@ def test_evidence_inputs(data_dir, examples):
     with_text = evidence.inputs(example.key, query, "heat_crop_text")
     assert with_text.image.tobytes() == crop_only.image.tobytes()
     assert with_text.note.startswith("Prefilter: anomaly score ") and "hottest at [" in with_text.note
+    hint = evidence.hints.get(example.key)
+    assert (hint is not None) == ("Nearest labelled defect: " in with_text.note)
     with pytest.raises(ValueError):
         render_evidence(query, evidence.anomaly_map(example.key), 1.0, "nope")
+
+
+def test_training_images_are_labelled_by_the_other_defect_exemplars(data_dir):
+    """Every labelled training defect sits in its category's exemplar library, and its hint comes
+    from the others (leave one out), so training hints are as fallible as test-time ones."""
+    import zlib
+
+    from actors.references import DEFECTS_SUBDIR, REFERENCES_SUBDIR, DefectExemplars
+    from judo_model.data.knowledge import defect_title
+    from judo_model.training.evidence import BANKS_FOLDER, HINT_DROPOUT, evidence_dir, load_evidence
+
+    evidence = load_evidence(data_dir)
+    manifest = json.loads((data_dir / "splits.json").read_text())
+    for category in CATEGORIES:
+        library = DefectExemplars.load(evidence_dir(data_dir) / BANKS_FOLDER / category / REFERENCES_SUBDIR
+                                       / DEFECTS_SUBDIR)
+        labelled = [e for e in manifest["images"]
+                    if e["category"] == category and e["split"] == "train" and e["label"] != "good"]
+        assert sorted(library.ids) == sorted(e["key"] for e in labelled)
+        assert set(library.labels) <= {defect_title(category, e["label"]) for e in labelled}
+        assert library.vote(library.descriptors, k=1) == library.labels, "each exemplar is its own nearest"
+        position = {key: i for i, key in enumerate(library.ids)}
+        alone = library.vote(library.descriptors, exclude=list(range(len(library))))
+        for entry in labelled:
+            dropped = zlib.crc32(entry["key"].encode()) % HINT_DROPOUT == 0
+            expected = None if dropped else alone[position[entry["key"]]]
+            assert evidence.hints.get(entry["key"]) == expected
+        tests = [e["key"] for e in manifest["images"] if e["category"] == category and e["split"] == "test"]
+        assert all(evidence.hints[key] in library.labels for key in tests), "every test image gets a hint"
 
 
 def test_evidence_note_states_the_score_and_the_hottest_box():
@@ -136,8 +167,11 @@ def test_evidence_note_states_the_score_and_the_hottest_box():
     anomaly_map[20:40, 100:150] = 3.0
     anomaly_map[25:30, 110:120] = 4.0
     assert hottest_boxes(anomaly_map, threshold=2.0) == [(550, 250, 600, 300)]
-    assert evidence_note(anomaly_map, 2.0) == "Prefilter: anomaly score 2.0 x threshold, hottest at [550, 250, 600, 300]."
-    assert evidence_note(anomaly_map * 0.1, 2.0).startswith("Prefilter: anomaly score 0.2 x")
+    assert evidence_note(anomaly_map, 2.0) == \
+        "Prefilter: anomaly score 2.0 x threshold (above), hottest at [550, 250, 600, 300]."
+    assert evidence_note(anomaly_map * 0.1, 2.0).startswith("Prefilter: anomaly score 0.2 x threshold (below)")
+    assert evidence_note(anomaly_map, 2.0, "Broken Thread").endswith(
+        "hottest at [550, 250, 600, 300]. Nearest labelled defect: Broken Thread.")
     region = refine_region([(450, 100, 800, 500)], 100, 200, anomaly_map)
     assert region.sum() == 20 * 50 and region[20:40, 100:150].all()
 
@@ -210,3 +244,11 @@ def test_cli_runs_single_stages(data_dir, smoke_checkpoint, tmp_path):
                  "--evidence-route", "none", "--out", str(tmp_path / "sft")]) == 0
     with pytest.raises(ValueError, match="init"):
         main([*base, "--stage", "grpo", "--out", str(tmp_path / "grpo")])
+
+
+def test_defect_titles_are_the_names_answers_use():
+    from judo_model.data.knowledge import category_facts, defect_title
+
+    assert defect_title("fabric", "broken_thread") == category_facts("fabric").defects["broken_thread"].title
+    assert defect_title("fabric", "pulled_loop") == "pulled loop", "an unknown label reads as words"
+    assert defect_title("a-plant-product", "weld_spatter") == "weld spatter"

@@ -66,8 +66,6 @@ def test_exactly_the_produced_frames_get_verdicts_and_defects_go_to_judo(run):
         assert verdict.model_version.startswith("judo-tiny@")
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped tiny JUDO is undertrained: it calls some defective frames "
-                                       "normal, so they carry no boxes (issue 5 tracks the model)")
 def test_defective_frames_carry_boxes(run):
     sent, collected, _ = run
     for item in sent:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from actors.prefilter import BANK_META, PrefilterScorer, PrefilterService
 from actors.prefilter import fit_bank_from_folder, prefilter_actor_class
@@ -48,7 +49,10 @@ def test_prefilter_descriptors_find_the_same_references_as_the_images(bank_dir):
     from actors.references import ReferenceService
 
     out, frames = bank_dir
-    results = PrefilterService({"bottle": str(out)}, threads=1).score_frames("bottle", frames)
+    service = PrefilterService({"bottle": str(out)}, threads=1)
+    results = service.score_frames("bottle", frames)
+    assert service.get("bottle").bank.config.backbone.threads == 2 and torch.get_num_threads() == 1, \
+        "the service's thread count wins over the one the bank was fitted with"
     references = ReferenceService({"bottle": str(out / REFERENCES_SUBDIR)}, threads=1)
     for result, frame in zip(results, frames):
         assert (result["descriptor"] is not None) == result["suspect"]

@@ -265,6 +265,13 @@ CATEGORY_FACTS: dict[str, CategoryFacts] = {
 }
 
 
+def defect_title(category: str, label: str) -> str:
+    """The name a defect goes by in answers: its title where the knowledge base knows the category
+    and label (``broken_thread`` -> ``Broken Thread``), else the label in words."""
+    defects = CATEGORY_FACTS[category].defects if category in CATEGORY_FACTS else {}
+    return defects[label].title if label in defects else label.replace("_", " ").strip()
+
+
 def category_facts(category: str) -> CategoryFacts:
     try:
         return CATEGORY_FACTS[category]

@@ -44,19 +44,21 @@ class JuxtaposedJudo:
         self.cache = cache
         self.banks = banks
 
-    def anomaly_map(self, query_path, query: np.ndarray) -> tuple[np.ndarray, float]:
-        """The query's anomaly map and its category's threshold (cache first, then the saved bank)."""
+    def evidence(self, query_path, query: np.ndarray) -> tuple[np.ndarray, float, str | None]:
+        """The query's anomaly map, its category's threshold and defect hint (cache first, then the saved bank)."""
         key = image_key(query_path) if isinstance(query_path, (str, Path)) else None
         if self.cache is not None and key in self.cache.keys:
-            return self.cache.anomaly_map(key), self.cache.threshold(key)
+            return self.cache.anomaly_map(key), self.cache.threshold(key), self.cache.hints.get(key)
         if self.banks is not None and key is not None:
-            return self.banks.anomaly_map(key, query)
+            return self.banks.evidence(key, query)
         raise ValueError(f"no evidence for {query_path}: not in the cache and no bank for its category")
 
     def _prompt_kwargs(self, reference_image, query_image) -> dict:
         query = _pixels(query_image)
-        evidence = evidence_inputs(query, *self.anomaly_map(query_image, query), self.options.evidence_route) \
-            if self.options.evidence_route else None
+        evidence = None
+        if self.options.evidence_route:
+            anomaly_map, threshold, hint = self.evidence(query_image, query)
+            evidence = evidence_inputs(query, anomaly_map, threshold, self.options.evidence_route, hint)
         reference = shown(_pixels(reference_image)) if reference_image is not None and self.options.reference else None
         return dict(reference_image=reference, query_image=shown(query),
                     evidence_image=evidence.image if evidence else None,
@@ -73,7 +75,7 @@ class JuxtaposedJudo:
         if not self.options.evidence_route:
             return None, None
         query = _pixels(query_image)
-        anomaly_map, _ = self.anomaly_map(query_image, query)
+        anomaly_map = self.evidence(query_image, query)[0]
         height, width = query.shape[:2]
         return refine_region(list(boxes), height, width, anomaly_map), anomaly_map
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from judo_model.data.knowledge import category_facts
+from judo_model.data.knowledge import defect_title
 from judo_model.data.questions import REGIONS, region_of
 from judo_model.imaging import load_image, load_mask
 from judo_model.mmad.format import DEFECT_QUESTION_TYPES, MMADDataset, MMADItem
@@ -149,8 +149,7 @@ def target_for(example: Example, include_answer: bool = True, hint=None) -> str:
         return format_target(reasoning="The query matches the normal reference.", defect=False,
                              answers=example.answer_texts if include_answer else [])
     mask = ground_truth_mask(example)
-    facts = category_facts(example.category)
-    title = facts.defects[example.defect].title if example.defect in facts.defects else example.defect
+    title = defect_title(example.category, example.defect)
     return format_target(
         reasoning=f"The query differs from the reference at the {REGIONS[region_of(mask)].lower()}.",
         defect=True, defect_type=title, boxes=endorsed_boxes(target_boxes(mask), hint),
@@ -265,13 +264,18 @@ def tokenizer_corpus_texts(root: str | Path, files: tuple[str, ...] = ("mmad_tra
     from judo_model.prompting import IMAGE_ROLES
     from judo_model.output import CONTRACT_INSTRUCTIONS
 
-    from judo_model.training.evidence import MAX_SCORE_RATIO, NOTE_FORMAT
+    from judo_model.training.evidence import HINT_FORMAT, MAX_SCORE_RATIO, NOTE_FORMAT
 
     texts = [CONTRACT_INSTRUCTIONS, *IMAGE_ROLES.values()] * 50
-    texts += [NOTE_FORMAT.format(ratio=tenths / 10, box=[0, 0, 25, 25]) for tenths in range(int(MAX_SCORE_RATIO * 10) + 1)]
+    texts += [NOTE_FORMAT.format(ratio=tenths / 10, side=side, box=[0, 0, 25, 25])
+              for tenths in range(int(MAX_SCORE_RATIO * 10) + 1) for side in ("above", "below")]
+    labels = set()
     for name in files:
         for example in load_examples(root, name):
             for question in example.questions:
                 texts.append(question.render(1))
             texts.append(target_for(example))
+            if example.defect:
+                labels.add(defect_title(example.category, example.defect))
+    texts += [HINT_FORMAT.format(label=label) for label in sorted(labels)] * 20
     return texts

@@ -18,9 +18,16 @@ give near-zero maps that never occur at test time, so they are scored out-of-fol
 - ``heat_crop``: the heat image beside a 3x zoomed crop of the query centred on the
   hottest location, so even a small from-scratch vision tower sees the defect large;
 - ``heat_crop_text`` (default): ``heat_crop`` plus the same evidence in words
-  (:func:`evidence_note`: the score relative to the routing threshold and the hottest
-  region as a box in the output contract's coordinates). A tiny model reads a number and
-  copies a box far sooner than it learns to read them off 4x4 visual tokens; a 7B reads both.
+  (:func:`evidence_note`: the score relative to the routing threshold, whether that is above
+  or below it, the hottest region as a box in the output contract's coordinates and, where
+  the product has labelled defect examples, the type the anomaly looks most like, by the
+  name answers use for it (:class:`actors.references.DefectExemplars`). A tiny model reads a word and copies a box
+  far sooner than it learns to read them off 4x4 visual tokens; a 7B reads both.
+
+The defect exemplars are the category's labelled training defects; a training image that is
+one of them is labelled by the others (leave one out), and one training image in
+:data:`HINT_DROPOUT` gets no hint at all, so the model also answers for products without a
+library (an MMAD folder has none).
 
 :func:`refine_region` is the other direction: the model's boxes, cut down to the pixels the
 anomaly map marks inside them, are the verdict's mask.
@@ -36,7 +43,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from judo_model.imaging import load_image, resize_map
+from judo_model.imaging import load_image, peak_crop_box, resize_map
 from judo_model.output import Box, boxes_to_mask, largest_boxes
 
 EVIDENCE_ROUTES = ("heat", "heat_crop", "heat_crop_text")
@@ -47,7 +54,10 @@ HEAT_FLOOR = 0.7  # map / threshold below which the heat image is black
 HEAT_SATURATION = 1.5  # map / threshold at which the heat image is white
 HOT_FRACTION = 0.8  # the hottest region: map >= this x its peak (and >= this x the threshold)
 MAX_SCORE_RATIO = 9.9  # score / threshold is written with one decimal, capped here
-NOTE_FORMAT = "Prefilter: anomaly score {ratio:.1f} x threshold, hottest at {box}."
+NOTE_FORMAT = "Prefilter: anomaly score {ratio:.1f} x threshold ({side}), hottest at {box}."
+HINT_FORMAT = " Nearest labelled defect: {label}."
+HINT_DROPOUT = 5  # one training image in this many is shown without the defect hint
+EVIDENCE_VERSION = 3  # 2: labelled-defect hints in the index; 3: hints by their answer names
 MAPS_FILE = "maps.npz"
 INDEX_FILE = "index.json"
 BANKS_FOLDER = "banks"
@@ -60,6 +70,7 @@ class EvidenceCache:
     keys: dict[str, int]
     maps: np.ndarray
     thresholds: dict[str, float]
+    hints: dict[str, str]
 
     def anomaly_map(self, key: str) -> np.ndarray:
         return self.maps[self.keys[key]].astype(np.float32)
@@ -68,7 +79,7 @@ class EvidenceCache:
         return self.thresholds[key.split("/")[1]]
 
     def inputs(self, key: str, query: np.ndarray, route: str = DEFAULT_ROUTE) -> "EvidenceInputs":
-        return evidence_inputs(query, self.anomaly_map(key), self.threshold(key), route)
+        return evidence_inputs(query, self.anomaly_map(key), self.threshold(key), route, self.hints.get(key))
 
 
 @dataclass(frozen=True)
@@ -95,16 +106,6 @@ def heat_image(normalized: np.ndarray) -> np.ndarray:
     return (rgb * 255).astype(np.uint8)
 
 
-def peak_crop_box(anomaly_map: np.ndarray, fraction: float = CROP_FRACTION) -> tuple[int, int, int, int]:
-    """(top, left, bottom, right) of a square crop around the map's maximum, kept inside the image."""
-    height, width = anomaly_map.shape
-    side = max(8, int(round(min(height, width) * fraction)))
-    row, col = np.unravel_index(int(np.argmax(anomaly_map)), anomaly_map.shape)
-    top = int(np.clip(row - side // 2, 0, height - side))
-    left = int(np.clip(col - side // 2, 0, width - side))
-    return top, left, top + side, left + side
-
-
 def render_evidence(query: np.ndarray, anomaly_map: np.ndarray, threshold: float,
                     route: str = DEFAULT_ROUTE) -> Image.Image:
     """The evidence image for one query (``route`` in :data:`EVIDENCE_ROUTES`)."""
@@ -115,7 +116,7 @@ def render_evidence(query: np.ndarray, anomaly_map: np.ndarray, threshold: float
     heat = Image.fromarray(heat_image(anomaly_map / max(threshold, 1e-6))).resize((PANEL, PANEL), Image.BILINEAR)
     if route == "heat":
         return heat
-    top, left, bottom, right = peak_crop_box(anomaly_map)
+    top, left, bottom, right = peak_crop_box(anomaly_map, CROP_FRACTION)
     crop = Image.fromarray(np.ascontiguousarray(query[top:bottom, left:right, :3])).resize((PANEL, PANEL),
                                                                                           Image.BICUBIC)
     canvas = Image.new("RGB", (2 * PANEL, PANEL))
@@ -134,20 +135,22 @@ def hottest_boxes(anomaly_map: np.ndarray, threshold: float, count: int = 1) -> 
     return largest_boxes(hot, count)
 
 
-def evidence_note(anomaly_map: np.ndarray, threshold: float) -> str:
-    """The prefilter's evidence in words: score / threshold and the hottest region's box."""
-    ratio = min(float(np.max(anomaly_map)) / max(threshold, 1e-6), MAX_SCORE_RATIO)
+def evidence_note(anomaly_map: np.ndarray, threshold: float, defect_hint: str | None = None) -> str:
+    """The prefilter's evidence in words: score / threshold, above or below it, the hottest
+    region's box and, when given, the labelled defect the anomaly looks most like."""
+    score = float(np.max(anomaly_map)) / max(threshold, 1e-6)
     box = list(hottest_boxes(anomaly_map, threshold)[0])
-    return NOTE_FORMAT.format(ratio=ratio, box=box)
+    note = NOTE_FORMAT.format(ratio=min(score, MAX_SCORE_RATIO), side="above" if score > 1.0 else "below", box=box)
+    return note + HINT_FORMAT.format(label=defect_hint) if defect_hint else note
 
 
 def evidence_inputs(query: np.ndarray, anomaly_map: np.ndarray, threshold: float,
-                    route: str | None = DEFAULT_ROUTE) -> EvidenceInputs:
+                    route: str | None = DEFAULT_ROUTE, defect_hint: str | None = None) -> EvidenceInputs:
     """The evidence image (and note, for ``*_text`` routes) of one query; nothing if ``route`` is None."""
     if not route:
         return EvidenceInputs()
     image_route = route.removesuffix("_text")
-    note = evidence_note(anomaly_map, threshold) if route.endswith("_text") else None
+    note = evidence_note(anomaly_map, threshold, defect_hint) if route.endswith("_text") else None
     return EvidenceInputs(render_evidence(query, anomaly_map, threshold, image_route), note)
 
 
@@ -168,7 +171,7 @@ def refine_region(boxes: Sequence[Box], height: int, width: int, anomaly_map: np
 
 
 def _fit_category(root: Path, category: str, entries: Sequence[dict], extractor, out: Path, progress):
-    """Fit and save one category's bank; return ({key: map}, threshold)."""
+    """Fit and save one category's bank and defect exemplars; return ({key: map}, threshold, {key: hint})."""
     from actors.prefilter import PatchCoreConfig, PrefilterScorer
 
     def frames(rows):
@@ -195,8 +198,39 @@ def _fit_category(root: Path, category: str, entries: Sequence[dict], extractor,
         result = bank.fresh_fit(embedded.subset(fit)).score_embedded(embedded.subset(held))
         for j, i in enumerate(held):
             maps[train_good[i]["key"]] = result.anomaly_map(j)
+    hints = _defect_hints(root, category, entries, maps, extractor, out)
     progress(category)
-    return maps, float(scorer.threshold)
+    return maps, float(scorer.threshold), hints
+
+
+def _defect_hints(root: Path, category: str, entries: Sequence[dict], maps: dict[str, np.ndarray], extractor,
+                  out: Path) -> dict[str, str]:
+    """Build the category's defect exemplars from its labelled training defects (saved beside its
+    bank) and label every image by them: exemplars leave themselves out; no hint for the training
+    images :data:`HINT_DROPOUT` picks, nor for any image when there are no labelled defects."""
+    import zlib
+
+    from actors.references import DEFECTS_SUBDIR, REFERENCES_SUBDIR, DefectExemplars
+    from judo_model.data.knowledge import defect_title
+
+    library = [e for e in entries if e["split"] == "train" and e["label"] != "good"]
+    if not library:
+        return {}
+    exemplars = DefectExemplars.build(category, [load_image(root / e["key"]) for e in library],
+                                      [maps[e["key"]] for e in library],
+                                      [defect_title(category, e["label"]) for e in library],
+                                      [e["key"] for e in library], extractor)
+    exemplars.save(out / BANKS_FOLDER / category / REFERENCES_SUBDIR / DEFECTS_SUBDIR)
+    member = {e["key"]: i for i, e in enumerate(library)}
+    keys = [key for key in maps if key not in member]
+    labelled = dict(zip(member, exemplars.vote(exemplars.descriptors, exclude=list(member.values()))))
+    for start in range(0, len(keys), 32):
+        chunk = keys[start:start + 32]
+        descriptors = exemplars.crop_descriptors([load_image(root / key) for key in chunk], [maps[k] for k in chunk])
+        labelled.update(zip(chunk, exemplars.vote(descriptors)))
+    split_of = {e["key"]: e["split"] for e in entries}
+    return {key: label for key, label in labelled.items()
+            if not (split_of[key] == "train" and zlib.crc32(key.encode()) % HINT_DROPOUT == 0)}
 
 
 def prepare_evidence(data_dir: str | Path, progress=lambda category: None, force: bool = False) -> Path:
@@ -206,19 +240,22 @@ def prepare_evidence(data_dir: str | Path, progress=lambda category: None, force
     root = Path(data_dir)
     out = evidence_dir(root)
     if (out / MAPS_FILE).is_file() and (out / INDEX_FILE).is_file() and not force:
-        return out
+        if json.loads((out / INDEX_FILE).read_text()).get("version") == EVIDENCE_VERSION:
+            return out
     out.mkdir(parents=True, exist_ok=True)
     manifest = json.loads((root / "splits.json").read_text())
     extractor = FeatureExtractor(BackboneConfig(threads=1))  # 2 threads on 2 shared cores is slower
-    keys, arrays, thresholds = [], [], {}
+    keys, arrays, thresholds, hints = [], [], {}, {}
     for category in manifest["categories"]:
         entries = [e for e in manifest["images"] if e["category"] == category]
-        maps, thresholds[category] = _fit_category(root, category, entries, extractor, out, progress)
+        maps, thresholds[category], category_hints = _fit_category(root, category, entries, extractor, out, progress)
+        hints.update(category_hints)
         for key, amap in maps.items():
             keys.append(key)
             arrays.append(amap.astype(np.float16))
     np.savez_compressed(out / MAPS_FILE, maps=np.stack(arrays))
-    (out / INDEX_FILE).write_text(json.dumps({"keys": keys, "thresholds": thresholds}, indent=1))
+    (out / INDEX_FILE).write_text(json.dumps({"version": EVIDENCE_VERSION, "keys": keys, "thresholds": thresholds,
+                                              "hints": hints}, indent=1))
     return out
 
 
@@ -226,7 +263,7 @@ def load_evidence(data_dir: str | Path) -> EvidenceCache:
     out = evidence_dir(data_dir)
     index = json.loads((out / INDEX_FILE).read_text())
     maps = np.load(out / MAPS_FILE)["maps"]
-    return EvidenceCache({k: i for i, k in enumerate(index["keys"])}, maps, index["thresholds"])
+    return EvidenceCache({k: i for i, k in enumerate(index["keys"])}, maps, index["thresholds"], index.get("hints", {}))
 
 
 class BankEvidence:
@@ -243,6 +280,7 @@ class BankEvidence:
         self.banks_dir = Path(banks_dir)
         self.templates = templates
         self._scorers: dict = {}
+        self._exemplars: dict = {}
 
     def scorer(self, name: str):
         from actors.prefilter import BANK_META, PrefilterScorer
@@ -257,9 +295,23 @@ class BankEvidence:
             self._scorers[name] = PrefilterScorer.load(folder)
         return self._scorers[name]
 
-    def anomaly_map(self, key: str, query: np.ndarray) -> tuple[np.ndarray, float]:
-        """The anomaly map of the image at ``key`` (``<dataset>/<category>/...``) and the bank's threshold."""
+    def exemplars(self, name: str):
+        """The bank's labelled defect exemplars, or None where it has none (an MMAD folder's banks)."""
+        from actors.references import DEFECTS_SUBDIR, REFERENCES_SUBDIR, DefectExemplars
+
+        if name not in self._exemplars:
+            folder = self.banks_dir / name / REFERENCES_SUBDIR / DEFECTS_SUBDIR
+            self._exemplars[name] = DefectExemplars.load(folder, self.scorer(name).bank.embedder.extractor) \
+                if folder.is_dir() else None
+        return self._exemplars[name]
+
+    def evidence(self, key: str, query: np.ndarray) -> tuple[np.ndarray, float, str | None]:
+        """The anomaly map of the image at ``key`` (``<dataset>/<category>/...``), the bank's threshold
+        and the labelled defect the anomaly looks most like (None without exemplars)."""
         dataset, category = key.split("/")[:2]
         name = category if (self.banks_dir / category).is_dir() or self.templates is None else f"{dataset}/{category}"
         scorer = self.scorer(name)
-        return scorer.bank.score([query]).anomaly_map(0), float(scorer.threshold)
+        anomaly_map = scorer.bank.score([query]).anomaly_map(0)
+        exemplars = self.exemplars(name)
+        hint = exemplars.label_of(query, anomaly_map) if exemplars is not None else None
+        return anomaly_map, float(scorer.threshold), hint

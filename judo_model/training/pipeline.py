@@ -19,7 +19,7 @@ import torch
 from judo_model.training.data import IMAGE_SIDE, PromptOptions, load_examples, tokenizer_corpus_texts
 from judo_model.training.encoding import CachedEncoder
 from judo_model.training.recipe import STAGES, Recipe
-from judo_model.training.sft import Curve, SFTConfig, train_supervised
+from judo_model.training.sft import SFTConfig, train_supervised
 
 TRAINING_FILE = "judo_training.json"
 

@@ -1,0 +1,63 @@
+"""Labelled defect exemplars: built with a product's bank, saved with its references, asked by the pipeline."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from actors.prefilter import PrefilterScorer, labelled_defect_examples
+from actors.references import DEFECTS_SUBDIR, REFERENCES_SUBDIR, DefectExemplars, ReferenceIndex, ReferenceService
+from judo_model.data.knowledge import defect_title
+from judo_model.data.mvtec import discover_categories
+
+PRODUCTS = ("bottle", "hex_nut")
+
+
+@pytest.fixture(scope="module")
+def library(pipeline_banks):
+    data = next(iter(pipeline_banks.values())).parent.parent / "data" / "Synthetic"
+    return pipeline_banks, data
+
+
+def test_the_bank_folder_carries_every_labelled_example(library):
+    banks, data = library
+    for product in PRODUCTS:
+        examples = labelled_defect_examples(data / product)
+        assert examples, "the synthetic data has labelled training defects"
+        index = ReferenceIndex.load(banks[product] / REFERENCES_SUBDIR)
+        assert index.defects is not None and len(index.defects) == len(examples)
+        assert sorted(index.defects.labels) == sorted(defect_title(product, label) for _, label in examples)
+        reloaded = DefectExemplars.load(banks[product] / REFERENCES_SUBDIR / DEFECTS_SUBDIR)
+        assert reloaded.ids == index.defects.ids and (reloaded.descriptors == index.defects.descriptors).all()
+
+
+def test_test_defects_are_labelled_better_than_chance(library):
+    """The service labels each product's (unseen) test defects from its anomaly crop; the most
+    frequent label alone would be right for at most the largest type's share."""
+    banks, data = library
+    service = ReferenceService({p: str(banks[p] / REFERENCES_SUBDIR) for p in PRODUCTS}, threads=1)
+    for product in PRODUCTS:
+        scorer = PrefilterScorer.load(banks[product])
+        (category,) = discover_categories(data, [product])
+        defects = [s for s in category.split("test") if s.is_anomalous]
+        frames = [s.load_image() for s in defects]
+        scored = scorer.bank.score(frames)
+        hints = [service.defect_hint(product, frame, scored.anomaly_map(i)) for i, frame in enumerate(frames)]
+        truth = [defect_title(product, s.label) for s in defects]
+        assert set(hints) <= set(service.get(product).defects.labels)
+        right = sum(h == t for h, t in zip(hints, truth))
+        majority = Counter(truth).most_common(1)[0][1]
+        assert right > majority, f"{product}: {right}/{len(truth)} right, the majority type alone {majority}"
+
+
+def test_a_product_without_labelled_examples_has_no_hint(tmp_path, library):
+    banks, _ = library
+    index = ReferenceIndex.load(banks["bottle"] / REFERENCES_SUBDIR)
+    index.defects = None
+    index.save(tmp_path / "refs")
+    service = ReferenceService({"bottle": str(tmp_path / "refs")}, threads=1)
+    assert service.get("bottle").defects is None
+    frame = np.zeros((64, 64, 3), np.uint8)
+    assert service.defect_hint("bottle", frame, np.zeros((64, 64), np.float32)) is None
