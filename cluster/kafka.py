@@ -605,7 +605,13 @@ class LocalKafka:
 
 
 def _new_cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A random KRaft cluster id: a UUID in URL-safe base64, never starting with "-", which the
+    storage tool's argument parser would read as an option (one id in 64 did; Kafka's own
+    ``Uuid.randomUuid`` skips those for the same reason)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _java() -> str:

@@ -205,3 +205,16 @@ def test_cached_jars_need_no_network_or_maven(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     assert ensure_kafka_jars() == libs
     assert any(libs.glob("kafka_2.13-*.jar"))
+
+
+def test_cluster_ids_never_look_like_an_option():
+    """The storage tool reads an id starting with "-" as an option and the broker never starts
+    (this failed one local cluster in 64 before ids were drawn like Kafka's own)."""
+    import base64
+
+    from cluster.kafka import _new_cluster_id
+
+    ids = [_new_cluster_id() for _ in range(5000)]
+    assert not any(cluster_id.startswith("-") for cluster_id in ids)
+    assert all(len(base64.urlsafe_b64decode(cluster_id + "==")) == 16 for cluster_id in ids)
+    assert len(set(ids)) == len(ids)
