@@ -44,7 +44,7 @@ def markdown(results: dict) -> str:
         f"JUDO request timeout {s['judo_timeout_s']:g} s, 3 retries) runs on real Ray. The fault is injected once "
         f"{s['fault_after']:.0%} of the frames have verdicts. Produced by `benchmarks/faults.py` "
         f"({results['machine']}, {results['date']}); the same harness (`pipelines/faults.py`) runs in "
-        "`tests/test_faults.py`.",
+        "`tests/test_faults.py`, part of `make test`.",
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
