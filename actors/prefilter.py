@@ -616,7 +616,7 @@ DEFECT_EXAMPLE_SPLITS = ("defect_examples", "train_qa")
 
 def labelled_defect_examples(category_dir: str | Path) -> list[tuple[Path, str]]:
     """(image path, defect type) of every labelled defect example in a category folder."""
-    from judo_model.data.mvtec import GOOD, IMAGE_EXTENSIONS
+    from judo_model.data.mvtec import GOOD, image_files
 
     found = []
     for split in DEFECT_EXAMPLE_SPLITS:
@@ -624,8 +624,7 @@ def labelled_defect_examples(category_dir: str | Path) -> list[tuple[Path, str]]
         if not folder.is_dir():
             continue
         for label_dir in sorted(p for p in folder.iterdir() if p.is_dir() and p.name != GOOD):
-            found += [(path, label_dir.name) for path in sorted(label_dir.iterdir())
-                      if path.suffix.lower() in IMAGE_EXTENSIONS]
+            found += [(path, label_dir.name) for path in image_files(label_dir)]
     return found
 
 
@@ -708,7 +707,6 @@ class ProductService:
             extractor = self._extractor_of(item)
             self.items[product] = item
         # after loading: each bank's backbone sets its own fitting-time thread count, the service's wins
-        self.threads = threads
         torch.set_num_threads(threads)
         faiss.omp_set_num_threads(threads)
 

@@ -25,6 +25,7 @@ import faiss
 import numpy as np
 
 from actors.features import (
+    BackboneConfig,
     FeatureExtractor,
     Frame,
     PreprocessConfig,
@@ -52,7 +53,7 @@ REFS_FILES = ("references.json", "descriptors.npy", "index.faiss")
 #: sub-folder of a reference index that holds the product's labelled defect exemplars
 DEFECTS_SUBDIR = "defects"
 DEFECTS_FORMAT = "judo-defect-exemplars"
-DEFECTS_FORMAT_VERSION = 1
+DEFECTS_FORMAT_VERSION = 2  # 2: the backbone the descriptors came from is stored
 DEFECTS_FILES = ("defects.json", "descriptors.npy", "index.faiss")
 #: side of the crop around the anomaly peak relative to the frame's short side, and the square
 #: it is resized to before the backbone: a defect fills a good part of it
@@ -224,9 +225,12 @@ class DefectExemplars:
     example folders' names; a plant grows its library from reviewed verdicts.
     """
 
-    def __init__(self, product: str, extractor: FeatureExtractor | None = None):
+    def __init__(self, product: str, backbone: BackboneConfig, extractor: FeatureExtractor | None = None):
+        if extractor is not None and extractor.config != backbone:
+            raise ValueError(f"defect exemplars of {product!r} were described with {backbone}, not {extractor.config}")
         self.product = product
-        self.extractor = extractor or FeatureExtractor()
+        self.backbone = backbone
+        self._extractor = extractor
         self._preprocess = Preprocessor(PreprocessConfig(size=EXEMPLAR_CROP_SIDE, mode="squash"))
         self.labels: list[str] = []
         self.ids: list[str] = []
@@ -235,6 +239,13 @@ class DefectExemplars:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def extractor(self) -> FeatureExtractor:
+        """The backbone the exemplars were described with (loaded on first use)."""
+        if self._extractor is None:
+            self._extractor = FeatureExtractor(self.backbone)
+        return self._extractor
 
     def crop_descriptors(self, frames: Sequence[Frame], anomaly_maps: Sequence[np.ndarray]) -> np.ndarray:
         """``(B, dim)`` descriptors of the crops around each frame's anomaly peak."""
@@ -252,12 +263,12 @@ class DefectExemplars:
 
     @classmethod
     def build(cls, product: str, frames: Sequence[Frame], anomaly_maps: Sequence[np.ndarray],
-              labels: Sequence[str], ids: Sequence[str], extractor: FeatureExtractor | None = None,
+              labels: Sequence[str], ids: Sequence[str], extractor: FeatureExtractor,
               batch_size: int = 32) -> "DefectExemplars":
         if not (len(frames) == len(anomaly_maps) == len(labels) == len(ids)) or not labels:
             raise ValueError(f"need as many (>0) frames, maps, labels and ids; got {len(frames)}, "
                              f"{len(anomaly_maps)}, {len(labels)}, {len(ids)}")
-        exemplars = cls(product, extractor)
+        exemplars = cls(product, extractor.config, extractor)
         exemplars.descriptors = np.concatenate([
             exemplars.crop_descriptors(frames[i:i + batch_size], anomaly_maps[i:i + batch_size])
             for i in range(0, len(frames), batch_size)])
@@ -296,6 +307,7 @@ class DefectExemplars:
         if self.index is None:
             raise RuntimeError("nothing to save: no defect exemplars")
         meta = {"format": DEFECTS_FORMAT, "format_version": DEFECTS_FORMAT_VERSION, "product": self.product,
+                "backbone": self.backbone.model_dump(mode="json"),
                 "crop_fraction": EXEMPLAR_CROP_FRACTION, "crop_side": EXEMPLAR_CROP_SIDE,
                 "labels": self.labels, "ids": self.ids}
         return write_store(directory, DEFECTS_FILES, meta, self.descriptors, self.index)
@@ -306,7 +318,7 @@ class DefectExemplars:
                                               "defect exemplar library")
         if len(meta["labels"]) != len(descriptors):
             raise BankFormatError(f"{directory}: {len(descriptors)} descriptors for {len(meta['labels'])} labels")
-        exemplars = cls(meta["product"], extractor)
+        exemplars = cls(meta["product"], BackboneConfig.model_validate(meta["backbone"]), extractor)
         exemplars.labels, exemplars.ids = list(meta["labels"]), list(meta["ids"])
         exemplars.descriptors, exemplars.index = descriptors, index
         return exemplars

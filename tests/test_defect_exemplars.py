@@ -31,6 +31,10 @@ def test_the_bank_folder_carries_every_labelled_example(library):
         assert sorted(index.defects.labels) == sorted(defect_title(product, label) for _, label in examples)
         reloaded = DefectExemplars.load(banks[product] / REFERENCES_SUBDIR / DEFECTS_SUBDIR)
         assert reloaded.ids == index.defects.ids and (reloaded.descriptors == index.defects.descriptors).all()
+        assert reloaded.backbone == index.defects.extractor.config, "reloaded, it describes crops as it was built"
+        other = index.defects.backbone.model_copy(update={"blocks": (2, 4)})
+        with pytest.raises(ValueError, match="were described with"):
+            DefectExemplars(product, other, index.defects.extractor)
 
 
 def test_test_defects_are_labelled_better_than_chance(library):

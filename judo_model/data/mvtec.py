@@ -98,7 +98,8 @@ def is_category_dir(path: Path) -> bool:
     return (path / "train" / GOOD).is_dir() or (path / "test").is_dir()
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
+    """The image files of one folder, sorted (none if it does not exist)."""
     if not folder.is_dir():
         return []
     return sorted(
@@ -173,7 +174,7 @@ def category_samples(
             continue
         for label_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
             label = label_dir.name
-            for path in _image_files(label_dir):
+            for path in image_files(label_dir):
                 mask = None if label == GOOD else find_mask(category_dir, label, path.stem)
                 samples.append(
                     MVTecSample(path, category_dir.name, split, label, mask, dataset)
