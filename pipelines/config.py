@@ -76,6 +76,8 @@ class IngestSection(_Section):
     poll_timeout_ms: int = Field(200, ge=10)
     max_poll_records: int = Field(32, ge=1)
     judo_retries: int = Field(3, ge=0)
+    join_timeout_s: float = Field(120.0, ge=5, description="a frame driver whose consumer is out of its group this long "
+                                  "is replaced (a stuck member must not idle its share of partitions)")
 
 
 class ReplicasSection(_Section):

@@ -79,6 +79,9 @@ class FrameDriver:
         self._running = False
         self._tasks: set[asyncio.Task] = set()
         self._next_prefilter = 0
+        self._phase = "created"
+        self._polls = 0
+        self._last_poll = 0.0
 
     # ------------------------------------------------------------------ consumer (one thread)
     def _open_consumer(self) -> None:
@@ -109,6 +112,8 @@ class FrameDriver:
         elif consumer.paused():
             consumer.resume(*consumer.paused())
         batches = consumer.poll(timeout_ms=self.config.ingest.poll_timeout_ms)
+        self._polls += 1
+        self._last_poll = time.monotonic()
         records = [RawRecord.from_consumer_record(r) for batch in batches.values() for r in batch]
         for record in records:
             self.offsets.add(record.position)
@@ -140,7 +145,9 @@ class FrameDriver:
     async def run(self) -> dict:
         """Consume until :meth:`stop`; returns the final stats."""
         loop = asyncio.get_running_loop()
+        self._phase = "opening consumer"
         await loop.run_in_executor(self._consumer_thread, self._open_consumer)
+        self._phase = "polling"
         self._running = True
         while self._running:
             records = await loop.run_in_executor(self._consumer_thread, self._poll)
@@ -166,6 +173,25 @@ class FrameDriver:
 
     def get_stats(self) -> dict:
         return {**self.stats.as_dict(), "in_flight": self.offsets.in_flight()}
+
+    def membership(self) -> dict:
+        """Where this driver stands in its consumer group, for health checks and diagnostics.
+
+        Read without the consumer thread (a stuck poll must not hide its own state); the group
+        fields come from kafka-python's coordinator and are best-effort.
+        """
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        generation = getattr(coordinator, "_generation", None)
+        state = str(getattr(coordinator, "state", "")).strip("<>").upper() or None  # kafka-python: "<stable>"
+        return {
+            "in_group": self._phase == "polling" and state == "STABLE",
+            "phase": self._phase, "polls": self._polls,
+            "since_last_poll_s": round(time.monotonic() - self._last_poll, 1) if self._last_poll else None,
+            "group_state": state,
+            "generation": getattr(generation, "generation_id", None),
+            "coordinator": getattr(coordinator, "coordinator_id", None),
+            "assigned": len(self._consumer.assignment()) if self._consumer is not None else 0,
+        }
 
     # ------------------------------------------------------------------ one micro-batch
     async def _process_safely(self, records: list[RawRecord]) -> None:
@@ -358,5 +384,8 @@ def driver_actor_class():
 
         async def stats(self) -> dict:
             return self.driver.get_stats()
+
+        async def membership(self) -> dict:
+            return self.driver.membership()
 
     return FrameDriverActor

@@ -385,10 +385,11 @@ class FaultBench:
         try:
             wait_for_group(kafka.settings(), config.ingest.group_id, config.ingest.actors, s.timeout_s)
         except TimeoutError as exc:
-            stats = ctx.pipeline.stats()
+            stats, members = ctx.pipeline.stats(), ctx.pipeline.membership()
             ctx.pipeline.stop()
             raise TimeoutError(f"{exc}; driver restarts {stats.get('driver_restarts')}, frames in "
-                               f"{stats.get('frames_in')}, commit failures {stats.get('commit_failures')}") from exc
+                               f"{stats.get('frames_in')}, commit failures {stats.get('commit_failures')}, "
+                               f"drivers {members}") from exc
         watcher = VerdictWatcher(kafka.settings(), config.topics.verdicts, config.topics.dead_letters).start()
         published: list[SimulatedFrame] = []
         errors: list[BaseException] = []

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 #: How often the supervisor looks for drivers whose loop ended.
 SUPERVISE_INTERVAL_S = 1.0
+#: How often it asks the drivers whether their consumer is in its group.
+MEMBERSHIP_CHECK_INTERVAL_S = 5.0
 
 
 @dataclass
@@ -154,18 +156,31 @@ class Pipeline:
         return self
 
     def _supervise(self) -> None:
-        """Replace every driver whose ``run`` ended while the pipeline is up.
+        """Replace every driver whose ``run`` ended, or that stays outside its consumer group.
 
         Without this a killed driver, or one whose loop raised, would leave its partitions
         unconsumed for good. The replacement joins the same consumer group, so it resumes
         from the committed offsets; frames that were in flight are redelivered (at-least-once).
+        A driver whose consumer has not been a stable group member for ``join_timeout_s`` (a
+        start that hung, or kafka-python 3.0.12 left "rebalancing" for good after a broker
+        restart, polling but never rejoining) is replaced the same way.
         """
         import ray
 
         handles = self.handles
         started = [time.monotonic()] * len(handles.runs)
+        in_group_at = [0.0] * len(handles.runs)
         backoff = [RestartBackoff() for _ in handles.runs]
         due: dict[int, float] = {}  # slot -> when its replacement starts
+        next_check = time.monotonic()
+        join_timeout_s = self.config.ingest.join_timeout_s
+
+        def retire(i: int, reason: str) -> None:
+            delay = backoff[i].delay_after(time.monotonic() - started[i])
+            log.warning("frame driver %d %s; replacing it in %.0f s", i, reason, delay)
+            ray.kill(handles.drivers[i], no_restart=True)
+            due[i] = time.monotonic() + delay
+
         while not self._stopping.wait(SUPERVISE_INTERVAL_S):
             live = [run for i, run in enumerate(handles.runs) if i not in due]
             ready, _ = ray.wait(live, num_returns=len(live), timeout=0) if live else ([], [])
@@ -177,17 +192,37 @@ class Pipeline:
                     reason = "its loop returned"
                 except Exception as exc:
                     reason = f"{type(exc).__name__}: {exc}"
-                delay = backoff[i].delay_after(time.monotonic() - started[i])
-                log.warning("frame driver %d ended (%s); replacing it in %.0f s", i, reason, delay)
-                ray.kill(handles.drivers[i], no_restart=True)
-                due[i] = time.monotonic() + delay
+                retire(i, f"ended ({reason})")
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + MEMBERSHIP_CHECK_INTERVAL_S
+                for i, state in self._memberships(due).items():
+                    now = time.monotonic()
+                    if state.get("in_group"):
+                        in_group_at[i] = now
+                    elif now - max(started[i], in_group_at[i]) > join_timeout_s and not self._stopping.is_set():
+                        retire(i, f"has been outside its consumer group for {join_timeout_s:.0f} s ({state})")
             for i, when in list(due.items()):
                 if time.monotonic() >= when and not self._stopping.is_set():
                     driver = self._driver_cls.remote(*self._driver_args)
                     handles.drivers[i], handles.runs[i] = driver, driver.run.remote()
-                    started[i] = time.monotonic()
+                    started[i], in_group_at[i] = time.monotonic(), 0.0
                     del due[i]
                     self.driver_restarts += 1
+
+    def _memberships(self, due: dict) -> dict[int, dict]:
+        """Each live driver's :meth:`FrameDriver.membership` (with an ``error`` for one that did not answer)."""
+        import ray
+
+        asks = {i: driver.membership.remote() for i, driver in enumerate(self.handles.drivers) if i not in due}
+        ready, _ = ray.wait(list(asks.values()), num_returns=len(asks), timeout=MEMBERSHIP_CHECK_INTERVAL_S) \
+            if asks else ([], [])
+        states = {}
+        for i, ref in asks.items():
+            try:
+                states[i] = ray.get(ref) if ref in ready else {"error": "no answer"}
+            except Exception as exc:
+                states[i] = {"error": type(exc).__name__}
+        return states
 
     def stats(self) -> dict:
         """Counters summed over the live drivers, with latency samples concatenated.
@@ -210,6 +245,18 @@ class Pipeline:
                 else:
                     merged[key] = merged.get(key, 0) + value
         return merged
+
+    def membership(self, timeout_s: float = 10.0) -> list[dict]:
+        """Each driver's :meth:`FrameDriver.membership`, or why it could not say."""
+        import ray
+
+        answers = []
+        for driver in list(self.handles.drivers):
+            try:
+                answers.append(ray.get(driver.membership.remote(), timeout=timeout_s))
+            except Exception as exc:
+                answers.append({"error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+        return answers
 
     def wait_for(self, predicate, timeout_s: float, poll_s: float = 1.0) -> dict:
         """Poll stats until ``predicate(stats)`` holds or the time is up; return the last stats."""

@@ -49,13 +49,14 @@ def run(kafka, pipeline_banks, tmp_path_factory):
         expected = {item.frame.frame_id for item in sent}
         collected = collect_verdicts(kafka.settings(), config.topics.verdicts, expected, timeout_s=300,
                                      dead_letter_topic=config.topics.dead_letters, expected_dead_letters=3)
+        membership = pipeline.membership()
     finally:
         pipeline.stop()
-    return sent, collected, trace_file
+    return sent, collected, trace_file, membership
 
 
 def test_exactly_the_produced_frames_get_verdicts_and_defects_go_to_judo(run):
-    sent, collected, _ = run
+    sent, collected, _, _ = run
     assert set(collected.verdicts) == {item.frame.frame_id for item in sent}
     assert collected.duplicates == 0
     defective = [item for item in sent if item.is_defective]
@@ -67,7 +68,7 @@ def test_exactly_the_produced_frames_get_verdicts_and_defects_go_to_judo(run):
 
 
 def test_defective_frames_carry_boxes(run):
-    sent, collected, _ = run
+    sent, collected, _, _ = run
     for item in sent:
         if item.is_defective:
             verdict = collected.verdicts[item.frame.frame_id]
@@ -75,7 +76,7 @@ def test_defective_frames_carry_boxes(run):
 
 
 def test_malformed_frames_are_dead_letters_with_reasons(run):
-    _, collected, _ = run
+    _, collected, _, _ = run
     reasons = {letter.original_key: letter.reason for letter in collected.dead_letters}
     assert set(reasons) == {b"bad-corrupt", b"bad-version", b"bad-product"}
     assert "corrupt or truncated" in reasons[b"bad-corrupt"]
@@ -85,7 +86,7 @@ def test_malformed_frames_are_dead_letters_with_reasons(run):
 
 
 def test_every_frame_has_one_complete_trace(run):
-    sent, collected, trace_file = run
+    sent, collected, trace_file, _ = run
     names_by_frame: dict[str, set[str]] = {}
     trace_of: dict[str, set[str]] = {}
     for span in read_spans(trace_file):
@@ -101,3 +102,10 @@ def test_every_frame_has_one_complete_trace(run):
             required |= {"references", "judo"}
         assert required <= names_by_frame.get(frame_id, set()), (frame_id, names_by_frame.get(frame_id))
         assert trace_of[frame_id] == {verdict.trace_id}, "every span of a frame belongs to the verdict's trace"
+
+
+def test_every_driver_reports_itself_in_its_consumer_group(run):
+    """What the supervisor's watchdog reads (a driver out of its group too long is replaced)."""
+    *_, membership = run
+    assert membership and all(m["in_group"] and m["group_state"] == "STABLE" and m["generation"] >= 1
+                              for m in membership), membership

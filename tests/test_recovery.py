@@ -1,6 +1,9 @@
-"""The arithmetic behind fault handling, without a cluster: recovery time and driver restart backoff."""
+"""Fault handling logic: recovery-time arithmetic, driver restart backoff, and the supervisor's join watchdog."""
 
 from __future__ import annotations
+
+import threading
+import time
 
 import pytest
 
@@ -26,3 +29,57 @@ def test_driver_restarts_back_off_only_when_a_driver_keeps_dying():
     assert [backoff.delay_after(ran_for_s=2.0) for _ in range(6)] == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
     assert backoff.delay_after(ran_for_s=61.0) == 0.0, "a healthy run resets the backoff"
     assert backoff.delay_after(ran_for_s=0.5) == 1.0
+
+
+def test_a_driver_stuck_outside_its_group_is_replaced(tmp_path):
+    """The supervisor, on real Ray actors: a driver that stays outside its consumer group (alive,
+    polling, "rebalancing" for good, as kafka-python 3.0.12 was seen to after a broker restart)
+    is killed and replaced once ``join_timeout_s`` has passed; a driver in the group is left alone."""
+    import ray
+
+    from cluster.ray_runtime import start_ray, stop_ray
+    from pipelines.config import PipelineConfig
+    from pipelines.runner import Pipeline, PipelineHandles
+
+    @ray.remote(num_cpus=0)
+    class PollingDriver:
+        """Polls for an hour, in its group or stuck "rebalancing" outside it."""
+
+        def __init__(self, in_group: bool = True):
+            self.in_group = in_group
+
+        async def run(self):
+            import asyncio
+
+            await asyncio.sleep(3600)
+
+        def membership(self):
+            return {"in_group": self.in_group, "phase": "polling",
+                    "group_state": "STABLE" if self.in_group else "REBALANCING", "generation": 3 if self.in_group else 2}
+
+    owns = start_ray(num_cpus=2)
+    try:
+        config = PipelineConfig.model_validate({
+            "lines": [{"id": "l1", "product": "bottle", "cameras": ["c1"]}],
+            "products": {"bottle": {"bank": str(tmp_path)}}, "judo": {"checkpoint": str(tmp_path)},
+            "ingest": {"actors": 2, "join_timeout_s": 5}})
+        pipeline = Pipeline(config, kafka=None)
+        hung, joined = PollingDriver.remote(in_group=False), PollingDriver.remote()
+        pipeline.handles = PipelineHandles([], None, None, None, [hung, joined], [hung.run.remote(), joined.run.remote()])
+        pipeline._driver_cls, pipeline._driver_args = PollingDriver, ()
+        supervisor = threading.Thread(target=pipeline._supervise, daemon=True)
+        supervisor.start()
+        deadline = time.monotonic() + 60
+        while pipeline.driver_restarts == 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(6)  # more than another join timeout: the replacement and the joined driver stay
+        pipeline._stopping.set()
+        supervisor.join(timeout=30)
+        assert pipeline.driver_restarts == 1
+        assert pipeline.handles.drivers[1] is joined
+        assert ray.get(pipeline.handles.drivers[0].membership.remote())["in_group"] is True
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(hung.membership.remote(), timeout=30)
+    finally:
+        if owns:
+            stop_ray()
