@@ -162,9 +162,11 @@ class OffsetTracker:
                 return offsets[position.offset]
             return position.offset < self._committed.get(tp, 0)
 
-    def in_flight(self) -> int:
+    def in_flight(self, partitions: Iterable[tuple[str, int]] | None = None) -> int:
+        """Frames consumed and not yet done, in ``partitions`` (all when None)."""
         with self._lock:
-            return sum(1 for offsets in self._pending.values() for finished in offsets.values() if not finished)
+            wanted = self._pending.keys() if partitions is None else set(partitions) & self._pending.keys()
+            return sum(1 for tp in wanted for finished in self._pending[tp].values() if not finished)
 
     def committable(self) -> dict[tuple[str, int], int]:
         """Advance each partition past its done prefix; return the offsets to commit now."""

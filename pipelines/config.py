@@ -76,6 +76,9 @@ class IngestSection(_Section):
     poll_timeout_ms: int = Field(200, ge=10)
     max_poll_records: int = Field(32, ge=1)
     judo_retries: int = Field(3, ge=0)
+    revoke_drain_s: float = Field(20.0, ge=0, le=40, description="in a rebalance, how long a driver waits for its frames "
+                                  "in flight to finish before it gives their partitions up (they are redelivered "
+                                  "to the new owner otherwise: duplicates)")
     join_timeout_s: float = Field(120.0, ge=5, description="a frame driver whose consumer is out of its group this long "
                                   "is replaced (a stuck member must not idle its share of partitions)")
 

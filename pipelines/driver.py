@@ -45,6 +45,7 @@ class DriverStats:
     paused_polls: int = 0
     commits: int = 0
     commit_failures: int = 0
+    revoked_in_flight: int = 0  # frames given up unfinished in a rebalance (processed again elsewhere)
     latencies_pass_ms: deque = field(default_factory=lambda: deque(maxlen=5000))
     latencies_judo_ms: deque = field(default_factory=lambda: deque(maxlen=5000))
 
@@ -76,7 +77,9 @@ class FrameDriver:
         self.prefilter_version = model_version
         self._consumer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-consumer")
         self._consumer = None
-        self._running = False
+        self._running = True  # intake on until drain() or stop()
+        self._drained = asyncio.Event()
+        self._release = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self._next_prefilter = 0
         self._phase = "created"
@@ -91,8 +94,9 @@ class FrameDriver:
 
         class Listener(ConsumerRebalanceListener):
             def on_partitions_revoked(self, revoked):
-                driver._commit_ready()
                 gone = [(tp.topic, tp.partition) for tp in revoked]
+                driver._finish_in_flight(gone, driver.config.ingest.revoke_drain_s)
+                driver._commit_ready(blocking=False)
                 driver.offsets.forget(gone)
                 for tp in gone:
                     driver._to_commit.pop(tp, None)
@@ -103,6 +107,21 @@ class FrameDriver:
         ingest = self.config.ingest
         self._consumer = self.settings.consumer(group_id=ingest.group_id, max_poll_records=ingest.max_poll_records)
         self._consumer.subscribe([self.config.topics.frames], listener=Listener())
+
+    def _finish_in_flight(self, partitions: list[tuple[str, int]], timeout_s: float) -> None:
+        """Wait (bounded) until the frames in flight from ``partitions`` are durable, so that the
+        commit before a rebalance covers them and the partitions' next owner does not process
+        them again. The frames finish on the actor's event loop, not on this thread. Runs inside
+        the rebalance listener, which holds this consumer's heartbeats: the bound stays well
+        under the session timeout (45 s)."""
+        deadline = time.monotonic() + timeout_s
+        while self.offsets.in_flight(partitions) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        left = self.offsets.in_flight(partitions)
+        if left:
+            self.stats.revoked_in_flight += left
+            log.warning("%d frames still in flight after %.0f s; their partitions' next owner processes them again",
+                        left, timeout_s)
 
     def _poll(self) -> list[RawRecord]:
         consumer = self._consumer
@@ -120,9 +139,15 @@ class FrameDriver:
         self._commit_ready()
         return records
 
-    def _commit_ready(self) -> None:
+    def _commit_ready(self, blocking: bool = True) -> None:
         """Commit the finished prefixes. A failed commit (coordinator moved, group rebalancing) must not
-        end the loop: its offsets are retried with the next commit, or the frames are redelivered."""
+        end the loop: its offsets are retried with the next commit, or the frames are redelivered.
+
+        ``blocking=False`` inside a rebalance listener: kafka-python 3 runs listeners on its IO
+        thread and refuses a blocking commit there (the driver's loop then died with "User
+        rebalance callback throws an error" whenever a rebalance found finished frames to
+        commit). The asynchronous commit is sent ahead of the JoinGroup on the same connection,
+        and the broker accepts it from a member of the generation being rebalanced."""
         from kafka import OffsetAndMetadata, TopicPartition
         from kafka.errors import KafkaError
 
@@ -131,6 +156,11 @@ class FrameDriver:
         offsets = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in self._to_commit.items()
                    if TopicPartition(t, p) in owned}
         if not offsets:
+            return
+        if not blocking:
+            self._consumer.commit_async(offsets, callback=self._async_commit_done)
+            self._to_commit.clear()
+            self.stats.commits += 1
             return
         try:
             self._consumer.commit(offsets)
@@ -141,14 +171,25 @@ class FrameDriver:
         self._to_commit.clear()
         self.stats.commits += 1
 
+    def _async_commit_done(self, offsets, response) -> None:
+        if isinstance(response, Exception):
+            self.stats.commit_failures += 1
+            log.warning("offset commit in a rebalance failed (%s); those frames are redelivered", response)
+
     # ------------------------------------------------------------------ main loop
     async def run(self) -> dict:
-        """Consume until :meth:`stop`; returns the final stats."""
+        """Consume until :meth:`drain` or :meth:`stop`; returns the final stats.
+
+        After intake stops, the frames in flight are finished and their offsets committed while
+        the consumer is still a group member (:meth:`drain` returns then); the consumer leaves
+        the group only on :meth:`stop`. A pipeline drains every driver before it stops any, so no
+        driver's final commit meets the rebalance another driver's leaving starts (that commit
+        would fail and its frames would be processed twice after a restart).
+        """
         loop = asyncio.get_running_loop()
         self._phase = "opening consumer"
         await loop.run_in_executor(self._consumer_thread, self._open_consumer)
         self._phase = "polling"
-        self._running = True
         while self._running:
             records = await loop.run_in_executor(self._consumer_thread, self._poll)
             if not records:
@@ -159,17 +200,30 @@ class FrameDriver:
                 task = asyncio.create_task(self._process_safely(records[start:start + batch_size]))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+        self._phase = "draining"
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await loop.run_in_executor(self._consumer_thread, self._commit_ready)
+        self._phase = "drained"
+        self._drained.set()
+        await self._release.wait()
         await loop.run_in_executor(self._consumer_thread, self._close_consumer)
+        self._phase = "stopped"
         return self.stats.as_dict()
 
     def _close_consumer(self) -> None:
         self._commit_ready()
         self._consumer.close()
 
-    async def stop(self) -> None:
+    async def drain(self) -> None:
+        """Stop intake; return once the frames in flight are finished and committed (still in the group)."""
         self._running = False
+        await self._drained.wait()
+
+    async def stop(self) -> None:
+        """Stop intake and let :meth:`run` leave the group once drained."""
+        self._running = False
+        self._release.set()
 
     def get_stats(self) -> dict:
         return {**self.stats.as_dict(), "in_flight": self.offsets.in_flight()}
@@ -294,13 +348,15 @@ class FrameDriver:
         started = time.perf_counter()
         k = self.config.prefilter.references_k
         with tracer().start_as_current_span("references", context=context_from_carrier(item.trace)) as span:
+            # both calls are sent before either is awaited: one round trip, not two
             if descriptor is not None:
-                refs = await self.references.query_descriptors.remote(item.frame.product, descriptor, k, True)
+                refs_call = self.references.query_descriptors.remote(item.frame.product, descriptor, k, True)
             else:
-                refs = await self.references.query.remote(item.frame.product, [item.image], k, True)
-            hint = None
-            if anomaly_map is not None:
-                hint = await self.references.defect_hint.remote(item.frame.product, item.image, anomaly_map)
+                refs_call = self.references.query.remote(item.frame.product, [item.image], k, True)
+            hint_call = (self.references.defect_hint.remote(item.frame.product, item.image, anomaly_map)
+                         if anomaly_map is not None else None)
+            refs = await refs_call
+            hint = await hint_call if hint_call is not None else None
             span.set_attribute("frame_id", item.frame.frame_id)
             span.set_attribute("reference_ids", [r["id"] for r in refs[0]])
             span.set_attribute("defect_hint", hint or "")
@@ -378,6 +434,9 @@ def driver_actor_class():
 
         async def run(self) -> dict:
             return await self.driver.run()
+
+        async def drain(self) -> None:
+            await self.driver.drain()
 
         async def stop(self) -> None:
             await self.driver.stop()

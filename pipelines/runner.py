@@ -3,8 +3,8 @@
 Order: Ray → topics → prefilter pool, reference retrieval and sink actors → the JUDO Serve
 application → frame drivers (one Kafka consumer-group member each). While it runs, a supervisor
 thread replaces any driver whose loop ended (its actor died or the loop failed); the new driver
-rejoins the consumer group and resumes from the committed offsets. Stopping reverses the order;
-drivers finish their in-flight frames and commit before they exit.
+rejoins the consumer group and resumes from the committed offsets. Stopping reverses the order:
+every driver first finishes its in-flight frames and commits, and only then do they leave the group.
 """
 
 from __future__ import annotations
@@ -276,6 +276,12 @@ class Pipeline:
         self._stopping.set()
         if self._supervisor is not None:
             self._supervisor.join(timeout=60)
+        # every driver finishes and commits before any leaves the group (see FrameDriver.run);
+        # a dead driver's drain fails at once without cutting the others' short
+        drains = [d.drain.remote() for d in self.handles.drivers]
+        _, undrained = ray.wait(drains, num_returns=len(drains), timeout=120)
+        if undrained:
+            log.warning("%d frame drivers did not drain within 120 s", len(undrained))
         try:
             ray.get([d.stop.remote() for d in self.handles.drivers], timeout=30)
             ray.get(self.handles.runs, timeout=120)

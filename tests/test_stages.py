@@ -67,6 +67,17 @@ def test_offsets_commit_only_a_finished_prefix():
     assert tracker.is_done(positions[0]) and tracker.in_flight() == 0
 
 
+def test_in_flight_counts_per_partition():
+    """What a driver waits on before it gives partitions up in a rebalance."""
+    tracker = OffsetTracker()
+    for partition, offset in [(0, 0), (0, 1), (1, 5), (2, 7)]:
+        tracker.add(RecordPosition("frames", partition, offset))
+    tracker.done(RecordPosition("frames", 0, 1))
+    assert tracker.in_flight([("frames", 0)]) == 1
+    assert tracker.in_flight([("frames", 0), ("frames", 1), ("frames", 9)]) == 2
+    assert tracker.in_flight([]) == 0 and tracker.in_flight() == 3
+
+
 def test_offsets_of_revoked_partitions_are_forgotten():
     tracker = OffsetTracker()
     tracker.add(RecordPosition("frames", 0, 0))
