@@ -157,13 +157,11 @@ class FrameDriver:
                    if TopicPartition(t, p) in owned}
         if not offsets:
             return
-        if not blocking:
-            self._consumer.commit_async(offsets, callback=self._async_commit_done)
-            self._to_commit.clear()
-            self.stats.commits += 1
-            return
         try:
-            self._consumer.commit(offsets)
+            if blocking:
+                self._consumer.commit(offsets)
+            else:
+                self._consumer.commit_async(offsets, callback=self._async_commit_done)
         except KafkaError as exc:
             self.stats.commit_failures += 1
             log.warning("offset commit failed (%s); retrying with the next commit", exc)

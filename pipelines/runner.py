@@ -209,19 +209,19 @@ class Pipeline:
                     del due[i]
                     self.driver_restarts += 1
 
-    def _memberships(self, due: dict) -> dict[int, dict]:
-        """Each live driver's :meth:`FrameDriver.membership` (with an ``error`` for one that did not answer)."""
+    def _memberships(self, skip=(), timeout_s: float = MEMBERSHIP_CHECK_INTERVAL_S) -> dict[int, dict]:
+        """Each driver's :meth:`FrameDriver.membership` by slot, asked all at once (with an ``error``
+        for one that did not answer within ``timeout_s``); slots in ``skip`` are not asked."""
         import ray
 
-        asks = {i: driver.membership.remote() for i, driver in enumerate(self.handles.drivers) if i not in due}
-        ready, _ = ray.wait(list(asks.values()), num_returns=len(asks), timeout=MEMBERSHIP_CHECK_INTERVAL_S) \
-            if asks else ([], [])
+        asks = {i: driver.membership.remote() for i, driver in enumerate(self.handles.drivers) if i not in skip}
+        ready, _ = ray.wait(list(asks.values()), num_returns=len(asks), timeout=timeout_s) if asks else ([], [])
         states = {}
         for i, ref in asks.items():
             try:
-                states[i] = ray.get(ref) if ref in ready else {"error": "no answer"}
+                states[i] = ray.get(ref) if ref in ready else {"error": f"no answer in {timeout_s:.0f} s"}
             except Exception as exc:
-                states[i] = {"error": type(exc).__name__}
+                states[i] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
         return states
 
     def stats(self) -> dict:
@@ -248,15 +248,7 @@ class Pipeline:
 
     def membership(self, timeout_s: float = 10.0) -> list[dict]:
         """Each driver's :meth:`FrameDriver.membership`, or why it could not say."""
-        import ray
-
-        answers = []
-        for driver in list(self.handles.drivers):
-            try:
-                answers.append(ray.get(driver.membership.remote(), timeout=timeout_s))
-            except Exception as exc:
-                answers.append({"error": f"{type(exc).__name__}: {str(exc)[:200]}"})
-        return answers
+        return list(self._memberships(timeout_s=timeout_s).values())
 
     def wait_for(self, predicate, timeout_s: float, poll_s: float = 1.0) -> dict:
         """Poll stats until ``predicate(stats)`` holds or the time is up; return the last stats."""
