@@ -21,7 +21,8 @@ held-out categories, plus grounding IoU on defective images and verdict latency.
 
 ``verdicts`` scores a checkpoint's verdict (defect yes/no, type) and region (IoU of the boxes and
 of the boxes refined by the anomaly map) without any question, on 4 normal + 4 defective test
-images per category: the measure for comparing Stage 1 evidence routes.
+images per category: the measure for comparing Stage 1 evidence routes. It also reports how often
+the model keeps the evidence note's box (of its defect verdicts) and type (of those with a hint).
 """
 
 from __future__ import annotations
@@ -56,8 +57,9 @@ ROWS = {
     "e0": ("+ Stage 3 GRPO [earlier recipe]", None),
     "d1": ("+ Stage 2 domain-knowledge SFT with Stage 1 replay [previous shipped, no defect hint]", None),
     "e1": ("+ Stage 3 GRPO on (d1) (not shipped)", None),
-    "d": ("+ Stage 2 domain-knowledge SFT with Stage 1 replay, evidence note with the labelled-defect hint "
-          "(shipped checkpoint)", None),
+    "d2": ("+ Stage 2 domain-knowledge SFT with Stage 1 replay, evidence note with the labelled-defect hint "
+           "[previous shipped, no note reading]", None),
+    "d": ("Stage 0 note reading + Stages 1 and 2 as (d2) (shipped checkpoint)", None),
 }
 SUBSETS = {"test": ("mmad.json", 1), "heldout": ("mmad_heldout.json", 2), "verdicts": ("mmad.json", 4)}
 
@@ -156,18 +158,26 @@ def cmd_verdicts(args) -> None:
     import torch
 
     from judo_model.data.knowledge import category_facts
-    from judo_model.imaging import load_mask
+    from judo_model.imaging import load_image, load_mask
     from judo_model.mmad.format import MMADDataset
     from judo_model.output import boxes_to_mask
     from judo_model.training.answerer import load_juxtaposed_answerer
+    from judo_model.training.evidence import hottest_boxes
 
     torch.set_num_threads(args.threads)
     judo = load_juxtaposed_answerer(args.checkpoint, args.data).judo
     correct, typed, box_ious, refined_ious, defective = 0, 0, [], [], 0
+    same_box, same_type, said_defect, hinted = 0, 0, 0, 0
     items = list(MMADDataset(args.data, subset_file(args.data, "verdicts")))
     for item in items:
         _, parsed = judo.generate(item.template_paths(1)[0], item.image_path, max_new_tokens=64)
         correct += parsed.defect is (not item.is_normal)
+        if parsed.defect:
+            anomaly_map, threshold, hint = judo.evidence(item.image_path, load_image(item.image_path))
+            said_defect += 1
+            same_box += bool(parsed.boxes) and parsed.boxes[0] == hottest_boxes(anomaly_map, threshold)[0]
+            hinted += hint is not None
+            same_type += hint is not None and parsed.defect_type == hint
         if item.is_normal:
             continue
         defective += 1
@@ -182,7 +192,9 @@ def cmd_verdicts(args) -> None:
     result = {"name": args.name, "checkpoint": str(args.checkpoint), "recipe": recipe_summary(args.checkpoint),
               "images": len(items), "verdict_accuracy": round(100 * correct / len(items), 1),
               "type_accuracy": round(100 * typed / max(defective, 1), 1),
-              "box_iou": round(float(np.mean(box_ious)), 3), "refined_iou": round(float(np.mean(refined_ious)), 3)}
+              "box_iou": round(float(np.mean(box_ious)), 3), "refined_iou": round(float(np.mean(refined_ious)), 3),
+              "note_box_followed": round(100 * same_box / max(said_defect, 1), 1),
+              "note_type_followed": round(100 * same_type / max(hinted, 1), 1)}
     print(json.dumps(result), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"verdicts_{args.name}.json").write_text(json.dumps(result, indent=1))
@@ -240,11 +252,14 @@ def cmd_report(args) -> None:
                   "4 normal + 4 defective test images per in-distribution category; the reasoner writes "
                   "its verdict, type and region with no question in the prompt. Refined IoU: boxes cut "
                   "down to the anomaly map's hot pixels (the verdict's mask).", "",
-                  "| checkpoint | recipe | images | verdict acc. | type acc. (defective) | box IoU | refined IoU |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| checkpoint | recipe | images | verdict acc. | type acc. (defective) | box IoU | refined IoU "
+                  "| note's box kept | note's type kept |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for row in verdict_rows:
+            followed = [row.get("note_box_followed"), row.get("note_type_followed")]
             lines.append(f"| {row['name']} | {row['recipe']} | {row['images']} | {row['verdict_accuracy']:.1f} | "
-                         f"{row['type_accuracy']:.1f} | {row['box_iou']:.3f} | {row['refined_iou']:.3f} |")
+                         f"{row['type_accuracy']:.1f} | {row['box_iou']:.3f} | {row['refined_iou']:.3f} | "
+                         + " | ".join("–" if v is None else f"{v:.1f}" for v in followed) + " |")
         lines.append("")
     latency = [r for r in rows if "latency" in r]
     if latency:

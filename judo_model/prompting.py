@@ -91,15 +91,34 @@ def build_prompt(
         for role, image in (("reference", reference_image), ("query", query_image), ("evidence", evidence_image))
         if image is not None
     ]
+    content = image_introductions([role for role, _ in named_images])
+    content.append({"type": "text", "text": task_text([role for role, _ in named_images], evidence_note=evidence_note,
+                                                      questions=questions, domain_knowledge=domain_knowledge)})
+    return JudoPrompt(
+        messages=[{"role": "user", "content": content}],
+        images=[as_pil_image(image) for _, image in named_images],
+        image_roles=tuple(role for role, _ in named_images),
+    )
+
+
+def image_introductions(roles: Sequence[str], with_images: bool = True) -> list[dict]:
+    """Message parts naming each image by number; ``with_images=False`` keeps the words only."""
     content: list[dict] = []
-    for number, (role, _) in enumerate(named_images, start=1):
+    for number, role in enumerate(roles, start=1):
         content.append({"type": "text", "text": f"Image {number} is {IMAGE_ROLES[role]}:\n"})
-        content.append({"type": "image"})
+        if with_images:
+            content.append({"type": "image"})
         content.append({"type": "text", "text": "\n"})
-    query_number = [role for role, _ in named_images].index("query") + 1
+    return content
+
+
+def task_text(roles: Sequence[str], *, evidence_note: str | None = None, questions: Sequence[Question] | None = None,
+              domain_knowledge: str | None = None) -> str:
+    """The text after the images: the task, the evidence note, knowledge, questions, the contract."""
+    query_number = list(roles).index("query") + 1
     task = (
         f"Inspect image {query_number} for defects"
-        + (" by comparing it with the normal reference (image 1)." if reference_image is not None else ".")
+        + (" by comparing it with the normal reference (image 1)." if "reference" in roles else ".")
     )
     parts = [task]
     if evidence_note and evidence_note.strip():
@@ -109,12 +128,7 @@ def build_prompt(
     if questions:
         parts.append("\n".join(q.render(i) for i, q in enumerate(questions, start=1)))
     parts.append(CONTRACT_INSTRUCTIONS)
-    content.append({"type": "text", "text": "\n\n".join(parts)})
-    return JudoPrompt(
-        messages=[{"role": "user", "content": content}],
-        images=[as_pil_image(image) for _, image in named_images],
-        image_roles=tuple(role for role, _ in named_images),
-    )
+    return "\n\n".join(parts)
 
 
 def prompt_text(processor: ProcessorMixin, prompt: JudoPrompt) -> str:
@@ -143,7 +157,7 @@ def encode_for_training(processor: ProcessorMixin, prompt: JudoPrompt, target: s
 
 
 def collate_for_training(examples: Sequence[BatchFeature], pad_token_id: int) -> BatchFeature:
-    """Right-pad encoded examples into one batch; image patches are concatenated in order."""
+    """Right-pad encoded examples into one batch; image patches (if any) are concatenated in order."""
     longest = max(example["input_ids"].shape[1] for example in examples)
 
     def padded(key: str, fill: int) -> torch.Tensor:
@@ -157,9 +171,11 @@ def collate_for_training(examples: Sequence[BatchFeature], pad_token_id: int) ->
         "input_ids": padded("input_ids", pad_token_id),
         "attention_mask": padded("attention_mask", 0),
         "labels": padded("labels", IGNORE_INDEX),
-        "pixel_values": torch.cat([example["pixel_values"] for example in examples]),
-        "image_grid_thw": torch.cat([example["image_grid_thw"] for example in examples]),
     }
+    with_images = [example for example in examples if "pixel_values" in example]
+    if with_images:
+        batch["pixel_values"] = torch.cat([example["pixel_values"] for example in with_images])
+        batch["image_grid_thw"] = torch.cat([example["image_grid_thw"] for example in with_images])
     if all("mm_token_type_ids" in example for example in examples):
         batch["mm_token_type_ids"] = padded("mm_token_type_ids", 0)
     return BatchFeature(batch)

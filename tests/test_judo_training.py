@@ -40,10 +40,41 @@ def smoke_checkpoint(data_dir, tmp_path_factory):
     from judo_model.training.recipe import Recipe
 
     out = tmp_path_factory.mktemp("judo-smoke") / "ckpt"
-    recipe = Recipe(seg_steps=2, sft_steps=2, grpo_steps=2, batch_size=2, grpo_generations=2,
+    recipe = Recipe(note_steps=2, note_batch_size=2, seg_steps=2, sft_steps=2, grpo_steps=2, batch_size=2, grpo_generations=2,
                     grpo_prompts_per_step=1, threads=1)
     log = train(data_dir, out, stage="all", recipe=recipe, curves_png=out.parent / "curves.png")
     return out, log
+
+
+def test_note_reading_targets_repeat_the_note(examples):
+    import re
+
+    from judo_model.processing import build_processor
+    from judo_model.prompting import prompt_text
+    from judo_model.training.data import defect_titles
+    from judo_model.training.note_reading import NoteReadingSampler
+
+    sampler = NoteReadingSampler(defect_titles(examples), seed=3)
+    seen = {True: 0, False: 0}
+    for prompt, target in sampler.batch(200):
+        assert prompt.images == [] and prompt.image_roles == ()
+        text = prompt.messages[0]["content"][-1]["text"]
+        note = re.search(r"Prefilter: anomaly score [\d.]+ x threshold \((above|below)\), hottest at (\[[^\]]+\])\."
+                         r"(?: Nearest labelled defect: ([^.]+)\.)?", text)
+        assert note, text
+        parsed = parse_output(target)
+        assert parsed.ok, parsed.parse_error
+        assert parsed.defect is (note.group(1) == "above")
+        seen[parsed.defect] += 1
+        if parsed.defect:
+            assert [list(b) for b in parsed.boxes] == [json.loads(note.group(2))]
+            assert parsed.defect_type == note.group(3)
+        else:
+            assert parsed.boxes == ()
+    assert min(seen.values()) > 40, seen
+    assert "Image 3 is the prefilter's evidence" in "".join(
+        part["text"] for part in prompt.messages[0]["content"] if part["type"] == "text")
+    assert "<|image_pad|>" not in prompt_text(build_processor(), prompt)
 
 
 def test_targets_follow_the_contract_and_cover_the_mask(examples):
@@ -189,10 +220,11 @@ def test_smoke_run_of_every_stage(smoke_checkpoint):
     from judo_model.inference import JudoModel
 
     out, log = smoke_checkpoint
-    assert [s["stage"] for s in log.stages] == ["seg", "sft", "grpo"]
+    assert [s["stage"] for s in log.stages] == ["note", "seg", "sft", "grpo"]
     assert all(len(s["steps"]) == 2 for s in log.stages)
     assert {"reward", "answer_accuracy_reward", "segmentation_iou_reward", "structure_reward"} <= set(
-        log.stages[2]["values"])
+        log.stages[3]["values"])
+    assert (out / "stages" / "note" / "model.safetensors").is_file()
     assert (out.parent / "curves.png").stat().st_size > 1000
     assert (out / "stages" / "sft" / "model.safetensors").is_file()
     assert json.loads((out / "judo_training.json").read_text())["recipe"]["evidence_route"] == "heat_crop_text"

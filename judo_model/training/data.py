@@ -156,6 +156,11 @@ def target_for(example: Example, include_answer: bool = True, hint=None) -> str:
         answers=example.answer_texts if include_answer else [])
 
 
+def defect_titles(examples: list[Example]) -> list[str]:
+    """The defect titles (as answers name them) of the training examples."""
+    return sorted({defect_title(e.category, e.defect) for e in examples if e.defect})
+
+
 def evidence_hint(example: Example, options: "PromptOptions", evidence: EvidenceCache | None):
     """The box the prompt's evidence note names for ``example`` (None if the prompt has no note)."""
     if evidence is None or not (options.evidence_route or "").endswith("_text"):

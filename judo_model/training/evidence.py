@@ -139,8 +139,13 @@ def evidence_note(anomaly_map: np.ndarray, threshold: float, defect_hint: str | 
     """The prefilter's evidence in words: score / threshold, above or below it, the hottest
     region's box and, when given, the labelled defect the anomaly looks most like."""
     score = float(np.max(anomaly_map)) / max(threshold, 1e-6)
-    box = list(hottest_boxes(anomaly_map, threshold)[0])
-    note = NOTE_FORMAT.format(ratio=min(score, MAX_SCORE_RATIO), side="above" if score > 1.0 else "below", box=box)
+    return format_note(score, hottest_boxes(anomaly_map, threshold)[0], defect_hint)
+
+
+def format_note(score_ratio: float, box: Box, defect_hint: str | None = None) -> str:
+    """The note's words for a score / threshold ratio, a hottest box and an optional defect hint."""
+    note = NOTE_FORMAT.format(ratio=min(score_ratio, MAX_SCORE_RATIO), side="above" if score_ratio > 1.0 else "below",
+                              box=list(box))
     return note + HINT_FORMAT.format(label=defect_hint) if defect_hint else note
 
 

@@ -1,7 +1,7 @@
-"""``judo train``: the JUDO recipe (Stage 1 seg -> Stage 2 SFT -> Stage 3 GRPO) on one data folder.
+"""``judo train``: the JUDO recipe (Stage 0 note reading -> Stage 1 seg -> Stage 2 SFT -> Stage 3 GRPO) on one folder.
 
-Every stage writes a standard checkpoint folder. ``--stage all`` chains the three:
-``OUT/stages/seg``, ``OUT/stages/sft`` and the final model in ``OUT`` itself, with
+Every stage writes a standard checkpoint folder. ``--stage all`` chains them:
+``OUT/stages/note``, ``OUT/stages/seg``, ``OUT/stages/sft`` and the final model in ``OUT`` itself, with
 ``judo_training.json`` (recipe, prompt options, per-stage curves and seconds) and a PNG
 of the loss / reward curves.
 """
@@ -16,10 +16,11 @@ from pathlib import Path
 
 import torch
 
-from judo_model.training.data import IMAGE_SIDE, PromptOptions, load_examples, tokenizer_corpus_texts
+from judo_model.training.data import IMAGE_SIDE, PromptOptions, defect_titles, load_examples, tokenizer_corpus_texts
 from judo_model.training.encoding import CachedEncoder
 from judo_model.training.recipe import STAGES, Recipe
-from judo_model.training.sft import SFTConfig, train_supervised
+from judo_model.training.note_reading import NoteReadingSampler
+from judo_model.training.sft import SFTConfig, train_on_pairs, train_supervised
 
 TRAINING_FILE = "judo_training.json"
 
@@ -116,7 +117,15 @@ def train(data_dir: str | Path, out_dir: str | Path, stage: str = "all", recipe:
     stage_dir = out_dir / "stages" if stage == "all" else None
     for name in todo:
         start = time.time()
-        if name == "seg":
+        if name == "note":
+            if not (recipe.evidence_route or "").endswith("_text") or recipe.note_steps <= 0:
+                print("note: skipped (the prompts carry no evidence note)")
+                continue
+            sampler = NoteReadingSampler(defect_titles(examples), seed=recipe.seed)
+            config = SFTConfig(recipe.note_steps, recipe.note_batch_size, recipe.note_lr, seed=recipe.seed,
+                               min_lr_ratio=1.0)  # constant: the copy circuit forms late (a phase change)
+            curve = train_on_pairs(model, processor, sampler.batch, config, "note", encoder=encoder)
+        elif name == "seg":
             if not recipe.evidence_route:
                 print("seg: skipped (Stage 1 needs evidence; evidence_route is off)")
                 continue

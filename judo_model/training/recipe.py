@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-STAGES = ("seg", "sft", "grpo")
+STAGES = ("note", "seg", "sft", "grpo")
 
 
 @dataclass
 class Recipe:
     """Steps and switches of one training run (the ``tiny`` preset's defaults ship the checkpoint)."""
 
-    seg_steps: int = 1500
+    note_steps: int = 1500
+    note_batch_size: int = 16
+    note_lr: float = 1e-3
+    seg_steps: int = 1000
     sft_steps: int = 600
     grpo_steps: int = 0
     batch_size: int = 8
-    seg_lr: float = 2e-3
+    seg_lr: float = 1e-3
     sft_lr: float = 5e-4
     grpo_lr: float = 1e-4
     grpo_generations: int = 4

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from judo_model.prompting import IGNORE_INDEX, collate_for_training
+from judo_model.prompting import IGNORE_INDEX, JudoPrompt, collate_for_training
 from judo_model.training.data import (BalancedSampler, Example, PromptOptions, evidence_hint, example_prompt,
                                       target_for)
 from judo_model.training.encoding import CachedEncoder
@@ -82,6 +82,18 @@ def train_supervised(model, processor, examples: list[Example], options: PromptO
     sampler = BalancedSampler(examples, seed=config.seed, single_question=config.single_question, questions=questions,
                               replay=config.replay)
     rng = random.Random(config.seed + 1)
+
+    def draw(size: int) -> list[tuple[JudoPrompt, str]]:
+        return [(example_prompt(e, options, evidence, rng), target_for(e, hint=evidence_hint(e, options, evidence)))
+                for e in sampler.batch(size)]
+
+    return train_on_pairs(model, processor, draw, config, stage, encoder=encoder, on_step=on_step)
+
+
+def train_on_pairs(model, processor, draw: Callable[[int], list[tuple[JudoPrompt, str]]], config: SFTConfig,
+                   stage: str, encoder: CachedEncoder | None = None,
+                   on_step: Callable[[int, float], None] | None = None) -> Curve:
+    """Train ``model`` in place on ``config.steps`` batches of (prompt, target) pairs from ``draw``."""
     encoder = encoder or CachedEncoder(processor)
     pad = processor.tokenizer.pad_token_id
     parameters = [p for p in model.parameters() if p.requires_grad]
@@ -96,10 +108,7 @@ def train_supervised(model, processor, examples: list[Example], options: PromptO
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config)
-        batch_examples = sampler.batch(config.batch_size)
-        encoded = [encoder.encode(example_prompt(e, options, evidence, rng),
-                                  target_for(e, hint=evidence_hint(e, options, evidence)))
-                   for e in batch_examples]
+        encoded = [encoder.encode(prompt, target) for prompt, target in draw(config.batch_size)]
         loss = target_loss(model, collate_for_training(encoded, pad))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
