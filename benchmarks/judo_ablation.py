@@ -60,6 +60,8 @@ ROWS = {
     "d2": ("+ Stage 2 domain-knowledge SFT with Stage 1 replay, evidence note with the labelled-defect hint "
            "[previous shipped, no note reading]", None),
     "d": ("Stage 0 note reading + Stages 1 and 2 as (d2) (shipped checkpoint)", None),
+    "d-note2500": ("(d) with 2 500 Stage 0 steps (1 500, resumed for 1 000; not shipped: over make train's hour)",
+                   None),
 }
 SUBSETS = {"test": ("mmad.json", 1), "heldout": ("mmad_heldout.json", 2), "verdicts": ("mmad.json", 4)}
 
