@@ -140,18 +140,25 @@ def endorsed_boxes(truth: list, hint, min_iou: float = ENDORSE_IOU) -> list:
     return [tuple(hint), *(box for i, box in enumerate(truth) if i != best)]
 
 
+def reasoning_for(defect_mask: np.ndarray | None) -> str:
+    """The target's <think> sentence: where the query differs (None: a normal query)."""
+    if defect_mask is None:
+        return "The query matches the normal reference."
+    return f"The query differs from the reference at the {REGIONS[region_of(defect_mask)].lower()}."
+
+
 def target_for(example: Example, include_answer: bool = True, hint=None) -> str:
     """The contract text the model is trained to write for ``example``.
 
     ``hint`` is the evidence note's box, if the prompt shows one (see :func:`endorsed_boxes`).
     """
     if example.is_normal:
-        return format_target(reasoning="The query matches the normal reference.", defect=False,
+        return format_target(reasoning=reasoning_for(None), defect=False,
                              answers=example.answer_texts if include_answer else [])
     mask = ground_truth_mask(example)
     title = defect_title(example.category, example.defect)
     return format_target(
-        reasoning=f"The query differs from the reference at the {REGIONS[region_of(mask)].lower()}.",
+        reasoning=reasoning_for(mask),
         defect=True, defect_type=title, boxes=endorsed_boxes(target_boxes(mask), hint),
         answers=example.answer_texts if include_answer else [])
 

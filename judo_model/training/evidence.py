@@ -142,10 +142,15 @@ def evidence_note(anomaly_map: np.ndarray, threshold: float, defect_hint: str | 
     return format_note(score, hottest_boxes(anomaly_map, threshold)[0], defect_hint)
 
 
+def note_says_above(score_ratio: float) -> bool:
+    """Whether a note calls a score / threshold ratio above the prefilter's routing threshold."""
+    return score_ratio > 1.0
+
+
 def format_note(score_ratio: float, box: Box, defect_hint: str | None = None) -> str:
     """The note's words for a score / threshold ratio, a hottest box and an optional defect hint."""
-    note = NOTE_FORMAT.format(ratio=min(score_ratio, MAX_SCORE_RATIO), side="above" if score_ratio > 1.0 else "below",
-                              box=list(box))
+    side = "above" if note_says_above(score_ratio) else "below"
+    note = NOTE_FORMAT.format(ratio=min(score_ratio, MAX_SCORE_RATIO), side=side, box=list(box))
     return note + HINT_FORMAT.format(label=defect_hint) if defect_hint else note
 
 

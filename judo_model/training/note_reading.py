@@ -14,10 +14,10 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from judo_model.data.questions import REGIONS, region_of
 from judo_model.output import BOX_STEP, COORDINATE_SCALE, boxes_to_mask, format_target
 from judo_model.prompting import JudoPrompt, image_introductions, task_text
-from judo_model.training.evidence import MAX_SCORE_RATIO, format_note
+from judo_model.training.data import reasoning_for
+from judo_model.training.evidence import MAX_SCORE_RATIO, format_note, note_says_above
 
 #: The roles of a Stage 1 prompt with a reference and an evidence image.
 ROLES = ("reference", "query", "evidence")
@@ -55,10 +55,9 @@ class NoteReadingSampler:
         content = image_introductions(ROLES, with_images=False)
         content.append({"type": "text", "text": task_text(ROLES, evidence_note=note)})
         prompt = JudoPrompt(messages=[{"role": "user", "content": content}], images=[], image_roles=())
-        if ratio <= 1.0:  # the note says 'below'
-            return prompt, format_target(reasoning="The query matches the normal reference.", defect=False)
-        where = REGIONS[region_of(boxes_to_mask([box], 100, 100))].lower()
-        return prompt, format_target(reasoning=f"The query differs from the reference at the {where}.", defect=True,
+        if not note_says_above(ratio):
+            return prompt, format_target(reasoning=reasoning_for(None), defect=False)
+        return prompt, format_target(reasoning=reasoning_for(boxes_to_mask([box], 100, 100)), defect=True,
                                      defect_type=title, boxes=[box])
 
     def batch(self, size: int) -> list[tuple[JudoPrompt, str]]:
