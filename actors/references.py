@@ -353,6 +353,12 @@ class ReferenceService(ProductService):
         defects = self.get(product).defects
         return defects.label_of(frame, anomaly_map) if defects is not None else None
 
+    def defect_types(self, product: str) -> list[str] | None:
+        """The defect types the product's library has examples of (JUDO's verdict names one of
+        them); None without a library."""
+        defects = self.get(product).defects
+        return sorted(set(defects.labels)) if defects is not None and defects.labels else None
+
 
 def reference_actor_class(**ray_options):
     """``ray.remote`` class of :class:`ReferenceService` (Ray imported only here)."""

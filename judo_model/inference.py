@@ -20,6 +20,37 @@ from judo_model.prompting import ImageLike, Question, build_prompt, prompt_text
 
 DEFAULT_MAX_NEW_TOKENS = 256
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
+DEFECT_YES, DEFECT_CLOSE = "<defect>yes:", "</defect>"
+
+
+class DefectTypeConstraint:
+    """Guided decoding of the verdict's type (``prefix_allowed_tokens_fn`` of ``generate``).
+
+    Once the model has written ``<defect>yes:``, only the tokens of one of ``defect_types``
+    followed by ``</defect>`` may come next; everything else is decoded freely. A verdict then
+    never names a type its product does not have (the tiny model otherwise writes "Rust" for a
+    hole in fabric), and among the product's own types the model's preference decides.
+    """
+
+    def __init__(self, tokenizer, defect_types: Sequence[str], prompt_length: int):
+        if not defect_types:
+            raise ValueError("a defect type constraint needs at least one type")
+        self.opening = tokenizer(DEFECT_YES, add_special_tokens=False)["input_ids"]
+        self.choices = [tokenizer(f" {name}{DEFECT_CLOSE}", add_special_tokens=False)["input_ids"]
+                        for name in sorted(set(defect_types))]
+        self.prompt_length = prompt_length
+        self.everything = list(range(len(tokenizer)))
+
+    def __call__(self, batch_id: int, input_ids: torch.Tensor) -> list[int]:
+        generated = input_ids[self.prompt_length:].tolist()
+        width = len(self.opening)
+        starts = [i for i in range(len(generated) - width + 1) if generated[i:i + width] == self.opening]
+        if not starts:
+            return self.everything
+        written = generated[starts[-1] + width:]
+        allowed = {choice[len(written)] for choice in self.choices
+                   if len(choice) > len(written) and choice[:len(written)] == written}
+        return sorted(allowed) if allowed else self.everything
 
 
 @dataclass
@@ -56,8 +87,13 @@ class JudoModel:
         domain_knowledge: str | None = None,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         evidence_note: str | None = None,
+        defect_types: Sequence[str] | None = None,
     ) -> tuple[str, ParsedOutput]:
-        """Greedy-decode one answer; returns the raw text and its parse."""
+        """Greedy-decode one answer; returns the raw text and its parse.
+
+        ``defect_types`` (the product's known defect types) constrains the verdict's type to
+        one of them (:class:`DefectTypeConstraint`); None decodes it freely.
+        """
         inputs = self._inputs(
             reference_image=reference_image,
             query_image=query_image,
@@ -66,7 +102,10 @@ class JudoModel:
             questions=questions,
             domain_knowledge=domain_knowledge,
         )
-        output_ids = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        constraint = (DefectTypeConstraint(self.processor.tokenizer, defect_types, inputs["input_ids"].shape[1])
+                      if defect_types else None)
+        output_ids = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                         prefix_allowed_tokens_fn=constraint)
         new_ids = output_ids[0, inputs["input_ids"].shape[1] :]
         raw = self.processor.tokenizer.decode(new_ids, skip_special_tokens=True)
         return raw, parse_output(raw)
@@ -83,6 +122,7 @@ class JudoModel:
         length_normalized: bool = False,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         evidence_note: str | None = None,
+        defect_types: Sequence[str] | None = None,
     ) -> dict[str, float]:
         """Log-likelihood of each option's text as the answer, after the model's own reasoning.
 
@@ -101,7 +141,7 @@ class JudoModel:
             domain_knowledge=domain_knowledge,
         )
         if reasoning_prefix is None:
-            raw, _ = self.generate(**prompt_kwargs, max_new_tokens=max_new_tokens)
+            raw, _ = self.generate(**prompt_kwargs, max_new_tokens=max_new_tokens, defect_types=defect_types)
             reasoning_prefix = answer_prefix(raw)
         base = self._inputs(prompt_suffix=reasoning_prefix, **prompt_kwargs)
         return {

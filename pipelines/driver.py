@@ -338,9 +338,10 @@ class FrameDriver:
                 item.latency_ms["prefilter"] = elapsed
             return results
 
-    async def _references(self, item: DecodedFrame, descriptor, anomaly_map) -> tuple[list[str], list, str | None]:
+    async def _references(self, item: DecodedFrame, descriptor, anomaly_map):
         """The ids (they go on the verdict, for reviewers) and pixels (for JUDO) of the nearest normals,
-        and the labelled defect the frame's anomaly looks most like (None without a defect library)."""
+        the labelled defect the frame's anomaly looks most like and the product's labelled defect types
+        (both None without a defect library)."""
         from judo_model.imaging import decode_image
 
         started = time.perf_counter()
@@ -351,15 +352,18 @@ class FrameDriver:
                 refs_call = self.references.query_descriptors.remote(item.frame.product, descriptor, k, True)
             else:
                 refs_call = self.references.query.remote(item.frame.product, [item.image], k, True)
-            hint_call = (self.references.defect_hint.remote(item.frame.product, item.image, anomaly_map)
-                         if anomaly_map is not None else None)
+            hint_call = types_call = None
+            if anomaly_map is not None:
+                hint_call = self.references.defect_hint.remote(item.frame.product, item.image, anomaly_map)
+                types_call = self.references.defect_types.remote(item.frame.product)
             refs = await refs_call
             hint = await hint_call if hint_call is not None else None
+            types = await types_call if types_call is not None else None
             span.set_attribute("frame_id", item.frame.frame_id)
             span.set_attribute("reference_ids", [r["id"] for r in refs[0]])
             span.set_attribute("defect_hint", hint or "")
         item.latency_ms["references"] = (time.perf_counter() - started) * 1000
-        return [r["id"] for r in refs[0]], [decode_image(r["image"]) for r in refs[0]], hint
+        return [r["id"] for r in refs[0]], [decode_image(r["image"]) for r in refs[0]], hint, types
 
     async def _ask_judo(self, item: DecodedFrame, decision, prefilter_result: dict) -> Verdict:
         """References then JUDO, retried with backoff (a retry usually lands on another replica); each
@@ -373,17 +377,18 @@ class FrameDriver:
         last_error: Exception | None = None
         references = None
         reference_ids: list[str] = []
-        hint = None
+        hint = types = None
         for attempt in range(attempts):
             try:
                 if references is None:
-                    reference_ids, references, hint = await self._references(
+                    reference_ids, references, hint, types = await self._references(
                         item, prefilter_result.get("descriptor"), prefilter_result.get("anomaly_map"))
                 request = JudoFrameRequest(
                     frame_id=item.frame.frame_id, camera_id=item.frame.camera_id, line_id=item.frame.line_id,
                     product=item.frame.product, captured_at=item.frame.captured_at, query=item.image,
                     references=references, anomaly_score=decision.score, threshold=decision.threshold,
-                    anomaly_map=prefilter_result.get("anomaly_map"), defect_hint=hint, latency_ms=dict(item.latency_ms),
+                    anomaly_map=prefilter_result.get("anomaly_map"), defect_hint=hint, defect_types=types,
+                    latency_ms=dict(item.latency_ms),
                     trace=item.trace)
                 response = self.judo.infer.remote(request)
                 # a timed-out request keeps its replica busy: longer waits on retries, not a retry storm

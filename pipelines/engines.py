@@ -38,6 +38,8 @@ class JudoFrameRequest:
     threshold: float
     anomaly_map: np.ndarray | None = None
     defect_hint: str | None = None
+    #: the product's known defect types: the verdict's type is decoded as one of them (None: free)
+    defect_types: list[str] | None = None
     questions: list[Question] | None = None
     latency_ms: dict[str, float] = field(default_factory=dict)
     trace: dict[str, str] = field(default_factory=dict)
@@ -107,13 +109,16 @@ class TransformersEngine:
         for request in requests:
             started = time.perf_counter()
             raw, parsed = self.judo.generate(**prompt_inputs(request, self.options),
-                                             max_new_tokens=self.max_new_tokens)
+                                             max_new_tokens=self.max_new_tokens, defect_types=request.defect_types)
             results.append(JudoResult(raw, parsed, self.model_version, (time.perf_counter() - started) * 1000))
         return results
 
 
 class VllmEngine:
     """vLLM on GPUs: several images per prompt, a pixel cap per image, prefix caching off.
+
+    The verdict's type is decoded freely here: ``defect_types`` is applied by the transformers
+    engine only (vLLM's structured outputs could carry it; not wired, untested without a GPU).
 
     Prefix caching stays off by default because prompts with the same text but different
     images can share cached prefixes wrongly (a known vLLM issue for multimodal prompts).

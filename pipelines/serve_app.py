@@ -96,7 +96,8 @@ class JudoReplica:
 
 def http_request_to_frame_request(payload: dict) -> JudoFrameRequest:
     """Ad-hoc HTTP question about one image: ``{"image": b64, "product": str, "references": [b64],
-    "questions": [{"text": str, "options": {"A": str}}]}`` (optionally ``defect_hint``: a defect type)."""
+    "questions": [{"text": str, "options": {"A": str}}]}`` (optionally ``defect_hint``: a defect type, and
+    ``defect_types``: the product's types, which the verdict's type is then decoded as one of)."""
     from judo_model.imaging import decode_image
 
     def image(field_name: str, value: str) -> np.ndarray:
@@ -110,11 +111,16 @@ def http_request_to_frame_request(payload: dict) -> JudoFrameRequest:
     query = image("image", payload["image"])
     references = [image(f"references[{i}]", r) for i, r in enumerate(payload.get("references", []))]
     questions = [Question(text=q["text"], options=q.get("options") or {}) for q in payload.get("questions", [])]
+    defect_types = payload.get("defect_types")
+    if defect_types is not None and (not isinstance(defect_types, list)
+                                     or not all(isinstance(t, str) and t.strip() for t in defect_types)):
+        raise ValueError("defect_types: expected a list of non-empty strings")
     return JudoFrameRequest(
         frame_id=str(payload.get("frame_id", "adhoc")), camera_id="http", line_id="http",
         product=str(payload["product"]), captured_at=None, query=query, references=references,
         anomaly_score=float(payload.get("anomaly_score", 0.0)), threshold=float(payload.get("threshold", 0.0)),
-        defect_hint=str(payload["defect_hint"]) if payload.get("defect_hint") else None, questions=questions or None)
+        defect_hint=str(payload["defect_hint"]) if payload.get("defect_hint") else None,
+        defect_types=list(defect_types) if defect_types else None, questions=questions or None)
 
 
 def build_judo_deployment(config):

@@ -51,6 +51,7 @@ def test_test_defects_are_labelled_better_than_chance(library):
         hints = [service.defect_hint(product, frame, scored.anomaly_map(i)) for i, frame in enumerate(frames)]
         truth = [defect_title(product, s.label) for s in defects]
         assert set(hints) <= set(service.get(product).defects.labels)
+        assert service.defect_types(product) == sorted(set(service.get(product).defects.labels))
         right = sum(h == t for h, t in zip(hints, truth))
         majority = Counter(truth).most_common(1)[0][1]
         assert right > majority, f"{product}: {right}/{len(truth)} right, the majority type alone {majority}"
@@ -65,3 +66,4 @@ def test_a_product_without_labelled_examples_has_no_hint(tmp_path, library):
     assert service.get("bottle").defects is None
     frame = np.zeros((64, 64, 3), np.uint8)
     assert service.defect_hint("bottle", frame, np.zeros((64, 64), np.float32)) is None
+    assert service.defect_types("bottle") is None

@@ -77,6 +77,25 @@ def test_note_reading_targets_repeat_the_note(examples):
     assert "<|image_pad|>" not in prompt_text(build_processor(), prompt)
 
 
+def test_stage_batches_replay_notes_and_can_name_the_notes_type(data_dir, examples):
+    from judo_model.training.data import PromptOptions, defect_titles
+    from judo_model.training.evidence import load_evidence
+    from judo_model.training.note_reading import NoteReadingSampler
+    from judo_model.training.sft import SFTConfig, supervised_pairs
+
+    evidence = load_evidence(data_dir)
+    notes = NoteReadingSampler(defect_titles(examples), seed=1)
+    config = SFTConfig(steps=1, note_replay=0.25, type_from_note=True)
+    pairs = supervised_pairs(examples, PromptOptions(), evidence, config, questions=False, notes=notes)(400)
+    text_only = [p for p, _ in pairs if not p.images]
+    assert 60 <= len(text_only) <= 140, "about a quarter of the batch reads notes without images"
+    hinted = [(p, parse_output(t)) for p, t in pairs if p.images and "Nearest labelled defect: " in str(p.messages)]
+    named = [(p, parsed) for p, parsed in hinted if parsed.defect]
+    assert named, "some defective images carry a defect hint"
+    for prompt, parsed in named:
+        assert f"Nearest labelled defect: {parsed.defect_type}." in str(prompt.messages)
+
+
 def test_targets_follow_the_contract_and_cover_the_mask(examples):
     from judo_model.training.data import ground_truth_mask, target_for
 

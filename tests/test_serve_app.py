@@ -54,6 +54,17 @@ def test_normal_answer_gives_a_clean_verdict_and_garbage_gives_a_parse_error():
     assert verdict.parse_error and verdict.is_anomalous  # falls back on the prefilter's evidence
 
 
+def test_http_request_may_name_the_products_defect_types():
+    from pipelines.serve_app import http_request_to_frame_request
+
+    image = base64.b64encode(encode_png(np.zeros((8, 8, 3), np.uint8))).decode()
+    req = http_request_to_frame_request({"image": image, "product": "fabric", "defect_types": ["Hole", "Stain"]})
+    assert req.defect_types == ["Hole", "Stain"]
+    assert http_request_to_frame_request({"image": image, "product": "fabric"}).defect_types is None
+    with pytest.raises(ValueError, match="defect_types"):
+        http_request_to_frame_request({"image": image, "product": "fabric", "defect_types": "Hole"})
+
+
 def test_boxes_that_break_the_contract_are_dropped_and_the_verdict_keeps_the_parse_error():
     text = ("<think>x</think>\n<defect>yes: stain</defect>\n"
             "<region>[[175, 350, 275, 325], [100, 200, 300, 600], [0, 0, 1200, 50]]</region>")

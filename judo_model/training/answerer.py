@@ -64,10 +64,27 @@ class JuxtaposedJudo:
                     evidence_image=evidence.image if evidence else None,
                     evidence_note=evidence.note if evidence else None)
 
+    def defect_types(self, query_path) -> list[str] | None:
+        """The query's product's labelled defect types, which the verdict's type is constrained to
+        (None where the product has no defect library, e.g. an MMAD folder: decoded freely)."""
+        if not isinstance(query_path, (str, Path)):
+            return None
+        key = image_key(query_path)
+        if self.cache is not None and key in self.cache.keys:
+            return self.cache.defect_types.get(key.split("/")[1])
+        if self.banks is None:
+            return None
+        try:
+            return self.banks.defect_types(key)
+        except ValueError:  # no bank for the category: nothing to constrain to
+            return None
+
     def generate(self, reference_image, query_image, **kwargs):
+        kwargs.setdefault("defect_types", self.defect_types(query_image))
         return self.judo.generate(**self._prompt_kwargs(reference_image, query_image), **kwargs)
 
     def score_options(self, reference_image, query_image, **kwargs):
+        kwargs.setdefault("defect_types", self.defect_types(query_image))
         return self.judo.score_options(**self._prompt_kwargs(reference_image, query_image), **kwargs)
 
     def grounding(self, query_image, boxes) -> tuple[np.ndarray | None, np.ndarray | None]:

@@ -29,6 +29,12 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _yes_no(text: str) -> bool:
+    if text.lower() not in ("yes", "no", "true", "false", "1", "0"):
+        raise argparse.ArgumentTypeError(f"expected yes or no, got {text!r}")
+    return text.lower() in ("yes", "true", "1")
+
+
 def register_train(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help="train JUDO: Stage 1 seg, Stage 2 SFT, Stage 3 GRPO")
     parser.add_argument("--preset", default="tiny")
@@ -43,6 +49,6 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     for f in fields(Recipe):
         if f.name in ("evidence_route", "reference"):
             continue
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(f.default), default=None,
-                            help=f"(default {f.default})")
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, help=f"(default {f.default})",
+                            type=_yes_no if isinstance(f.default, bool) else type(f.default))
     parser.set_defaults(func=_run_train)

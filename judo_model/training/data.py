@@ -147,16 +147,17 @@ def reasoning_for(defect_mask: np.ndarray | None) -> str:
     return f"The query differs from the reference at the {REGIONS[region_of(defect_mask)].lower()}."
 
 
-def target_for(example: Example, include_answer: bool = True, hint=None) -> str:
+def target_for(example: Example, include_answer: bool = True, hint=None, named_type: str | None = None) -> str:
     """The contract text the model is trained to write for ``example``.
 
-    ``hint`` is the evidence note's box, if the prompt shows one (see :func:`endorsed_boxes`).
+    ``hint`` is the evidence note's box, if the prompt shows one (see :func:`endorsed_boxes`);
+    ``named_type`` replaces the true defect type in the verdict (not in the answers).
     """
     if example.is_normal:
         return format_target(reasoning=reasoning_for(None), defect=False,
                              answers=example.answer_texts if include_answer else [])
     mask = ground_truth_mask(example)
-    title = defect_title(example.category, example.defect)
+    title = named_type or defect_title(example.category, example.defect)
     return format_target(
         reasoning=reasoning_for(mask),
         defect=True, defect_type=title, boxes=endorsed_boxes(target_boxes(mask), hint),
@@ -168,11 +169,20 @@ def defect_titles(examples: list[Example]) -> list[str]:
     return sorted({defect_title(e.category, e.defect) for e in examples if e.defect})
 
 
+def shows_note(options: "PromptOptions", evidence: EvidenceCache | None) -> bool:
+    return evidence is not None and (options.evidence_route or "").endswith("_text")
+
+
 def evidence_hint(example: Example, options: "PromptOptions", evidence: EvidenceCache | None):
     """The box the prompt's evidence note names for ``example`` (None if the prompt has no note)."""
-    if evidence is None or not (options.evidence_route or "").endswith("_text"):
+    if not shows_note(options, evidence):
         return None
     return hottest_boxes(evidence.anomaly_map(example.key), evidence.threshold(example.key))[0]
+
+
+def note_type(example: Example, options: "PromptOptions", evidence: EvidenceCache | None) -> str | None:
+    """The defect type the prompt's evidence note names for ``example`` (None: no note or no hint)."""
+    return evidence.hints.get(example.key) if shows_note(options, evidence) else None
 
 
 @dataclass

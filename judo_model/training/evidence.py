@@ -36,7 +36,7 @@ anomaly map marks inside them, are the verdict's mask.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -71,6 +71,8 @@ class EvidenceCache:
     maps: np.ndarray
     thresholds: dict[str, float]
     hints: dict[str, str]
+    #: per category, the types of its labelled defect examples (categories without any: absent)
+    defect_types: dict[str, list[str]] = field(default_factory=dict)
 
     def anomaly_map(self, key: str) -> np.ndarray:
         return self.maps[self.keys[key]].astype(np.float32)
@@ -273,7 +275,20 @@ def load_evidence(data_dir: str | Path) -> EvidenceCache:
     out = evidence_dir(data_dir)
     index = json.loads((out / INDEX_FILE).read_text())
     maps = np.load(out / MAPS_FILE)["maps"]
-    return EvidenceCache({k: i for i, k in enumerate(index["keys"])}, maps, index["thresholds"], index.get("hints", {}))
+    return EvidenceCache({k: i for i, k in enumerate(index["keys"])}, maps, index["thresholds"], index.get("hints", {}),
+                         _library_types(out / BANKS_FOLDER, index["thresholds"]))
+
+
+def _library_types(banks_dir: Path, categories) -> dict[str, list[str]]:
+    """Per category, the labels of the defect exemplar library saved beside its bank."""
+    from actors.references import DEFECTS_FILES, DEFECTS_SUBDIR, REFERENCES_SUBDIR
+
+    types = {}
+    for category in categories:
+        meta = banks_dir / category / REFERENCES_SUBDIR / DEFECTS_SUBDIR / DEFECTS_FILES[0]
+        if meta.is_file():
+            types[category] = sorted(set(json.loads(meta.read_text())["labels"]))
+    return types
 
 
 class BankEvidence:
@@ -315,11 +330,19 @@ class BankEvidence:
                 if folder.is_dir() else None
         return self._exemplars[name]
 
+    def _name(self, key: str) -> str:
+        dataset, category = key.split("/")[:2]
+        return category if (self.banks_dir / category).is_dir() or self.templates is None else f"{dataset}/{category}"
+
+    def defect_types(self, key: str) -> list[str] | None:
+        """The defect types the product of ``key`` has labelled examples of (None without a library)."""
+        exemplars = self.exemplars(self._name(key))
+        return sorted(set(exemplars.labels)) if exemplars is not None and exemplars.labels else None
+
     def evidence(self, key: str, query: np.ndarray) -> tuple[np.ndarray, float, str | None]:
         """The anomaly map of the image at ``key`` (``<dataset>/<category>/...``), the bank's threshold
         and the labelled defect the anomaly looks most like (None without exemplars)."""
-        dataset, category = key.split("/")[:2]
-        name = category if (self.banks_dir / category).is_dir() or self.templates is None else f"{dataset}/{category}"
+        name = self._name(key)
         scorer = self.scorer(name)
         anomaly_map = scorer.bank.score([query]).anomaly_map(0)
         exemplars = self.exemplars(name)

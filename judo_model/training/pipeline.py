@@ -115,10 +115,16 @@ def train(data_dir: str | Path, out_dir: str | Path, stage: str = "all", recipe:
     encoder = CachedEncoder(processor)
     todo = STAGES if stage == "all" else (stage,)
     stage_dir = out_dir / "stages" if stage == "all" else None
+    reads_notes = (recipe.evidence_route or "").endswith("_text")
+
+    def replayed_notes(seed: int) -> NoteReadingSampler | None:
+        """Stage 0 notes to mix into a later stage (its own seed, so single-stage runs draw the same)."""
+        return NoteReadingSampler(defect_titles(examples), seed=seed + 7) if reads_notes else None
+
     for name in todo:
         start = time.time()
         if name == "note":
-            if not (recipe.evidence_route or "").endswith("_text") or recipe.note_steps <= 0:
+            if not reads_notes or recipe.note_steps <= 0:
                 print("note: skipped (the prompts carry no evidence note)")
                 continue
             sampler = NoteReadingSampler(defect_titles(examples), seed=recipe.seed)
@@ -129,14 +135,16 @@ def train(data_dir: str | Path, out_dir: str | Path, stage: str = "all", recipe:
             if not recipe.evidence_route:
                 print("seg: skipped (Stage 1 needs evidence; evidence_route is off)")
                 continue
-            config = SFTConfig(recipe.seg_steps, recipe.batch_size, recipe.seg_lr, seed=recipe.seed)
+            config = SFTConfig(recipe.seg_steps, recipe.batch_size, recipe.seg_lr, seed=recipe.seed,
+                               note_replay=recipe.note_replay, type_from_note=recipe.type_from_note)
             curve = train_supervised(model, processor, examples, prompt_options(recipe, False), evidence, config,
-                                     "seg", questions=False, encoder=encoder)
+                                     "seg", questions=False, encoder=encoder, notes=replayed_notes(config.seed))
         elif name == "sft":
             config = SFTConfig(recipe.sft_steps, recipe.batch_size, recipe.sft_lr, seed=recipe.seed + 1,
-                               single_question=recipe.single_question, replay=recipe.sft_replay)
+                               single_question=recipe.single_question, replay=recipe.sft_replay,
+                               note_replay=recipe.note_replay, type_from_note=recipe.type_from_note)
             curve = train_supervised(model, processor, examples, prompt_options(recipe, True), evidence, config,
-                                     "sft", encoder=encoder)
+                                     "sft", encoder=encoder, notes=replayed_notes(config.seed))
         else:
             if recipe.grpo_steps <= 0:
                 continue

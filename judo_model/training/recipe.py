@@ -29,5 +29,7 @@ class Recipe:
     domain_knowledge_prob: float = 0.25
     single_question: float = 0.4
     sft_replay: float = 0.3
+    note_replay: float = 0.0
+    type_from_note: bool = False
     seed: int = 0
     threads: int = 1

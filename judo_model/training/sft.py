@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from judo_model.prompting import IGNORE_INDEX, JudoPrompt, collate_for_training
 from judo_model.training.data import (BalancedSampler, Example, PromptOptions, evidence_hint, example_prompt,
-                                      target_for)
+                                      note_type, target_for)
 from judo_model.training.encoding import CachedEncoder
 
 
@@ -37,6 +37,8 @@ class SFTConfig:
     seed: int = 0
     single_question: float = 0.4
     replay: float = 0.0
+    note_replay: float = 0.0
+    type_from_note: bool = False
 
 
 @dataclass
@@ -77,17 +79,37 @@ def lr_at(step: int, config: SFTConfig) -> float:
 
 def train_supervised(model, processor, examples: list[Example], options: PromptOptions, evidence, config: SFTConfig,
                      stage: str, questions: bool = True, encoder: CachedEncoder | None = None,
-                     on_step: Callable[[int, float], None] | None = None) -> Curve:
+                     on_step: Callable[[int, float], None] | None = None,
+                     notes: Callable[[], tuple[JudoPrompt, str]] | None = None) -> Curve:
     """Train ``model`` in place for ``config.steps`` balanced batches; returns the loss curve."""
+    draw = supervised_pairs(examples, options, evidence, config, questions=questions, notes=notes)
+    return train_on_pairs(model, processor, draw, config, stage, encoder=encoder, on_step=on_step)
+
+
+def supervised_pairs(examples: list[Example], options: PromptOptions, evidence, config: SFTConfig,
+                     questions: bool = True, notes: Callable[[], tuple[JudoPrompt, str]] | None = None
+                     ) -> Callable[[int], list[tuple[JudoPrompt, str]]]:
+    """Batches of (prompt, target) pairs for Stage 1 (``questions=False``) or Stage 2.
+
+    With ``notes`` (Stage 0's sampler), a share ``config.note_replay`` of every batch is
+    text-only note reading, so that the images do not wash the copying out again. With
+    ``config.type_from_note`` the verdict names the type the note names, where it names one.
+    """
     sampler = BalancedSampler(examples, seed=config.seed, single_question=config.single_question, questions=questions,
                               replay=config.replay)
     rng = random.Random(config.seed + 1)
+    replay_rng = random.Random(config.seed + 2)
+
+    def pair(example: Example) -> tuple[JudoPrompt, str]:
+        named = note_type(example, options, evidence) if config.type_from_note else None
+        return (example_prompt(example, options, evidence, rng),
+                target_for(example, hint=evidence_hint(example, options, evidence), named_type=named))
 
     def draw(size: int) -> list[tuple[JudoPrompt, str]]:
-        return [(example_prompt(e, options, evidence, rng), target_for(e, hint=evidence_hint(e, options, evidence)))
-                for e in sampler.batch(size)]
+        return [notes() if notes is not None and replay_rng.random() < config.note_replay else pair(sampler())
+                for _ in range(size)]
 
-    return train_on_pairs(model, processor, draw, config, stage, encoder=encoder, on_step=on_step)
+    return draw
 
 
 def train_on_pairs(model, processor, draw: Callable[[int], list[tuple[JudoPrompt, str]]], config: SFTConfig,
