@@ -30,6 +30,7 @@ class Recipe:
     single_question: float = 0.4
     sft_replay: float = 0.3
     note_replay: float = 0.0
+    sft_note_replay: float = 0.0
     type_from_note: bool = False
     seed: int = 0
     threads: int = 1
