@@ -241,6 +241,11 @@ class DefectExemplars:
         return len(self.labels)
 
     @property
+    def types(self) -> list[str] | None:
+        """The distinct defect types the library has examples of (None if it is empty)."""
+        return sorted(set(self.labels)) or None
+
+    @property
     def extractor(self) -> FeatureExtractor:
         """The backbone the exemplars were described with (loaded on first use)."""
         if self._extractor is None:
@@ -357,7 +362,7 @@ class ReferenceService(ProductService):
         """The defect types the product's library has examples of (JUDO's verdict names one of
         them); None without a library."""
         defects = self.get(product).defects
-        return sorted(set(defects.labels)) if defects is not None and defects.labels else None
+        return defects.types if defects is not None else None
 
 
 def reference_actor_class(**ray_options):

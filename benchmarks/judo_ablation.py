@@ -68,10 +68,10 @@ ROWS = {
                      "replaying Stage 0 notes (not shipped; type decoded freely)", None),
     "n2500-replay-notetype": ("the row above, with verdict targets naming the note's type where it names one "
                               "(not shipped)", None),
-    "n2500-seg-replay": ("note 2 500, Stage 1 300 steps with 20 % note replay, Stage 2 600 steps without, verdict "
-                         "targets naming the note's type", None),
     "n2500-replay-notetype-s300": ("the row above with Stage 1 300 and Stage 2 500 steps, 20 % note replay "
                                    "(not shipped)", None),
+    "n2500-seg-replay": ("Stage 0 2 500 steps, Stage 1 300 steps with 20 % note replay, Stage 2 600 steps without, "
+                         "verdict targets naming the note's type (not shipped)", None),
 }
 SUBSETS = {"test": ("mmad.json", 1), "heldout": ("mmad_heldout.json", 2), "verdicts": ("mmad.json", 4)}
 #: How the answerer picks an option: the letter its generated answer text matches, or the option

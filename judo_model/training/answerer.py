@@ -71,7 +71,7 @@ class JuxtaposedJudo:
             return None
         key = image_key(query_path)
         if self.cache is not None and key in self.cache.keys:
-            return self.cache.defect_types.get(key.split("/")[1])
+            return self.cache.defect_types_of(key)
         if self.banks is None:
             return None
         try:

@@ -80,6 +80,10 @@ class EvidenceCache:
     def threshold(self, key: str) -> float:
         return self.thresholds[key.split("/")[1]]
 
+    def defect_types_of(self, key: str) -> list[str] | None:
+        """The labelled defect types of the product of ``key`` (None: its category has no library)."""
+        return self.defect_types.get(key.split("/")[1])
+
     def inputs(self, key: str, query: np.ndarray, route: str = DEFAULT_ROUTE) -> "EvidenceInputs":
         return evidence_inputs(query, self.anomaly_map(key), self.threshold(key), route, self.hints.get(key))
 
@@ -280,15 +284,12 @@ def load_evidence(data_dir: str | Path) -> EvidenceCache:
 
 
 def _library_types(banks_dir: Path, categories) -> dict[str, list[str]]:
-    """Per category, the labels of the defect exemplar library saved beside its bank."""
-    from actors.references import DEFECTS_FILES, DEFECTS_SUBDIR, REFERENCES_SUBDIR
+    """Per category, the types of the defect exemplar library saved beside its bank."""
+    from actors.references import DEFECTS_SUBDIR, REFERENCES_SUBDIR, DefectExemplars
 
-    types = {}
-    for category in categories:
-        meta = banks_dir / category / REFERENCES_SUBDIR / DEFECTS_SUBDIR / DEFECTS_FILES[0]
-        if meta.is_file():
-            types[category] = sorted(set(json.loads(meta.read_text())["labels"]))
-    return types
+    libraries = {category: banks_dir / category / REFERENCES_SUBDIR / DEFECTS_SUBDIR for category in categories}
+    types = {category: DefectExemplars.load(folder).types for category, folder in libraries.items() if folder.is_dir()}
+    return {category: names for category, names in types.items() if names}
 
 
 class BankEvidence:
@@ -337,7 +338,7 @@ class BankEvidence:
     def defect_types(self, key: str) -> list[str] | None:
         """The defect types the product of ``key`` has labelled examples of (None without a library)."""
         exemplars = self.exemplars(self._name(key))
-        return sorted(set(exemplars.labels)) if exemplars is not None and exemplars.labels else None
+        return exemplars.types if exemplars is not None else None
 
     def evidence(self, key: str, query: np.ndarray) -> tuple[np.ndarray, float, str | None]:
         """The anomaly map of the image at ``key`` (``<dataset>/<category>/...``), the bank's threshold
