@@ -54,7 +54,7 @@ clean-kafka:
 	-$(VENV)/bin/judo kafka down
 
 # Reproduce the shipped tiny JUDO checkpoint from scratch (synthetic data, prefilter evidence,
-# Stage 0 note -> Stage 1 seg -> Stage 2 SFT; Stage 3 GRPO is off in the shipped recipe); about 52 min on 2 CPU cores.
+# Stage 0 note -> Stage 1 seg -> Stage 2 SFT; Stage 3 GRPO is off in the shipped recipe); 54 min on 2 CPU cores.
 JUDO_DATA ?= $(CACHE)/judo-train-data
 train: install
 	rm -rf $(JUDO_DATA)

@@ -15,7 +15,7 @@ held-out categories, plus grounding IoU on defective images and verdict latency.
 
     judo train --stage all --data DATA --out RUNS/main                     # rows d (stages/sft), e
     python benchmarks/judo_ablation.py train --data DATA --runs RUNS --main RUNS/main   # rows c, a, b
-    python benchmarks/judo_ablation.py eval  --data DATA --row c --checkpoint RUNS/c [--mode likelihood]
+    python benchmarks/judo_ablation.py eval  --data DATA --row c --checkpoint RUNS/c [--mode guided|likelihood]
     python benchmarks/judo_ablation.py verdicts --data DATA --name NAME --checkpoint CKPT   # Stage 1 routes
     python benchmarks/judo_ablation.py report                              # docs/judo_ablation.{md,json}
 
@@ -59,7 +59,7 @@ ROWS = {
     "e1": ("+ Stage 3 GRPO on (d1) (not shipped)", None),
     "d2": ("+ Stage 2 domain-knowledge SFT with Stage 1 replay, evidence note with the labelled-defect hint "
            "[previous shipped, no note reading]", None),
-    "d": ("Stage 0 note reading + Stages 1 and 2 as (d2) (shipped checkpoint)", None),
+    "d": ("Stage 0 note reading + Stages 1 and 2 as (d2) [previous shipped]", None),
     "d-note2500": ("(d) with 2 500 Stage 0 steps (1 500, resumed for 1 000; not shipped: over make train's hour)",
                    None),
     "d-types": ("(d) with the verdict's type decoded among the product's labelled defect types (the inference "
@@ -71,13 +71,15 @@ ROWS = {
     "n2500-replay-notetype-s300": ("the row above with Stage 1 300 and Stage 2 500 steps, 20 % note replay "
                                    "(not shipped)", None),
     "n2500-seg-replay": ("Stage 0 2 500 steps, Stage 1 300 steps with 20 % note replay, Stage 2 600 steps without, "
-                         "verdict targets naming the note's type (not shipped)", None),
+                         "verdict targets naming the note's type (shipped checkpoint since this row)", None),
 }
 SUBSETS = {"test": ("mmad.json", 1), "heldout": ("mmad_heldout.json", 2), "verdicts": ("mmad.json", 4)}
-#: How the answerer picks an option: the letter its generated answer text matches, or the option
-#: whose text is most likely after its own reasoning (``judo eval mmad --mode``).
-MODE_SUFFIX = {"generate": "", "likelihood": ".likelihood"}
+#: How the answerer picks an option (``judo eval mmad --mode``): the letter its generated answer
+#: text matches, its answer decoded as one of the options' texts, or the option whose text is most
+#: likely after its own reasoning.
+MODE_SUFFIX = {"generate": "", "guided": ".guided", "likelihood": ".likelihood"}
 MODE_TITLES = {"generate": "generated answer text matched to an option",
+               "guided": "the answer decoded as one of the options' texts (guided decoding)",
                "likelihood": "the option whose text the model finds most likely after its own reasoning"}
 
 

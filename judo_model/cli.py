@@ -13,6 +13,8 @@ from typing import Callable
 
 from tqdm import tqdm
 
+from judo_model.mmad.answerers import ANSWER_MODES
+
 Registrar = Callable[[argparse._SubParsersAction], None]
 #: Columns used when output is piped or captured, so the 14-column table is not squeezed.
 WIDE_CONSOLE = 220
@@ -106,8 +108,9 @@ def register_eval(subparsers: argparse._SubParsersAction) -> None:
     mmad.add_argument("--domain-knowledge", action="store_true", help="add the category's expert text")
     mmad.add_argument("--limit", type=int, default=None, help="only the first N images")
     mmad.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
-    mmad.add_argument("--mode", choices=("generate", "likelihood"), default="generate",
-                      help="match the generated answer to an option, or pick the most likely option")
+    mmad.add_argument("--mode", choices=ANSWER_MODES, default="generate",
+                      help="match the generated answer to an option, decode the answer as one of the options "
+                           "(guided), or pick the most likely option")
     mmad.add_argument("--out", type=Path, required=True, help="answers file; the table goes to *_accuracy.csv")
     mmad.set_defaults(func=_run_eval_mmad)
 

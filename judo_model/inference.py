@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
-from judo_model.mmad.answerers import GroundedAnswer
+from judo_model.mmad.answerers import ANSWER_MODES, GroundedAnswer
 from judo_model.modeling import load_checkpoint
 from judo_model.output import COORDINATE_SCALE, ParsedOutput, choose_option, parse_output
 from judo_model.processing import JudoProcessor
@@ -23,34 +24,63 @@ ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 DEFECT_YES, DEFECT_CLOSE = "<defect>yes:", "</defect>"
 
 
-class DefectTypeConstraint:
-    """Guided decoding of the verdict's type (``prefix_allowed_tokens_fn`` of ``generate``).
+class ChoiceConstraint(LogitsProcessor):
+    """Guided decoding of the contract's closed slots (a logits processor for ``generate``).
 
-    Once the model has written ``<defect>yes:``, only the tokens of one of ``defect_types``
-    followed by ``</defect>`` may come next; everything else is decoded freely. A verdict then
-    never names a type its product does not have (the tiny model otherwise writes "Rust" for a
-    hole in fabric), and among the product's own types the model's preference decides.
+    ``slots`` maps an opening (``<defect>yes:``, ``<answer>``) to the texts that may follow it,
+    each ending with the slot's closing tag. Once the model has written an opening, only tokens
+    that continue one of its choices keep their scores; outside a slot the scores are left
+    untouched, so the processor costs nothing per step for a large vocabulary. Among the
+    allowed choices the model's own preference decides.
     """
 
-    def __init__(self, tokenizer, defect_types: Sequence[str], prompt_length: int):
-        if not defect_types:
-            raise ValueError("a defect type constraint needs at least one type")
-        self.opening = tokenizer(DEFECT_YES, add_special_tokens=False)["input_ids"]
-        self.choices = [tokenizer(f" {name}{DEFECT_CLOSE}", add_special_tokens=False)["input_ids"]
-                        for name in sorted(set(defect_types))]
+    def __init__(self, tokenizer, slots: Mapping[str, Sequence[str]], prompt_length: int):
+        self.slots = []
+        for opening, choices in slots.items():
+            if not choices:
+                raise ValueError(f"the slot after {opening!r} needs at least one choice")
+            self.slots.append((self._ids(tokenizer, opening), [self._ids(tokenizer, c) for c in dict.fromkeys(choices)]))
         self.prompt_length = prompt_length
-        self.everything = list(range(len(tokenizer)))
 
-    def __call__(self, batch_id: int, input_ids: torch.Tensor) -> list[int]:
-        generated = input_ids[self.prompt_length:].tolist()
-        width = len(self.opening)
-        starts = [i for i in range(len(generated) - width + 1) if generated[i:i + width] == self.opening]
-        if not starts:
-            return self.everything
-        written = generated[starts[-1] + width:]
-        allowed = {choice[len(written)] for choice in self.choices
+    @staticmethod
+    def _ids(tokenizer, text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    @classmethod
+    def for_output(cls, tokenizer, prompt_length: int, defect_types: Sequence[str] | None = None,
+                   answer_options: Sequence[str] | None = None) -> "ChoiceConstraint | None":
+        """The verdict's type among ``defect_types``, the answer among ``answer_options`` (None: no slot)."""
+        slots = {}
+        if defect_types:
+            slots[DEFECT_YES] = [f" {name}{DEFECT_CLOSE}" for name in sorted(set(defect_types))]
+        if answer_options:
+            slots[ANSWER_OPEN] = [f"{text.strip()}{ANSWER_CLOSE}" for text in answer_options]
+        return cls(tokenizer, slots, prompt_length) if slots else None
+
+    def allowed(self, generated: Sequence[int]) -> list[int] | None:
+        """The token ids that may come next, or None where the model writes freely."""
+        latest, active = -1, None
+        for opening, choices in self.slots:
+            width = len(opening)
+            for start in range(len(generated) - width, latest, -1):
+                if list(generated[start:start + width]) == opening:
+                    latest, active = start, (start + width, choices)
+                    break
+        if active is None:
+            return None
+        written = list(generated[active[0]:])
+        allowed = {choice[len(written)] for choice in active[1]
                    if len(choice) > len(written) and choice[:len(written)] == written}
-        return sorted(allowed) if allowed else self.everything
+        return sorted(allowed) if allowed else None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for row in range(input_ids.shape[0]):
+            allowed = self.allowed(input_ids[row, self.prompt_length:].tolist())
+            if allowed is not None:
+                keep = torch.full_like(scores[row], float("-inf"))
+                keep[allowed] = 0.0
+                scores[row] = scores[row] + keep
+        return scores
 
 
 @dataclass
@@ -88,11 +118,13 @@ class JudoModel:
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         evidence_note: str | None = None,
         defect_types: Sequence[str] | None = None,
+        answer_options: Sequence[str] | None = None,
     ) -> tuple[str, ParsedOutput]:
         """Greedy-decode one answer; returns the raw text and its parse.
 
         ``defect_types`` (the product's known defect types) constrains the verdict's type to
-        one of them (:class:`DefectTypeConstraint`); None decodes it freely.
+        one of them, ``answer_options`` each ``<answer>`` to one of those texts
+        (:class:`ChoiceConstraint`); None decodes the slot freely.
         """
         inputs = self._inputs(
             reference_image=reference_image,
@@ -102,10 +134,10 @@ class JudoModel:
             questions=questions,
             domain_knowledge=domain_knowledge,
         )
-        constraint = (DefectTypeConstraint(self.processor.tokenizer, defect_types, inputs["input_ids"].shape[1])
-                      if defect_types else None)
+        constraint = ChoiceConstraint.for_output(self.processor.tokenizer, inputs["input_ids"].shape[1],
+                                                 defect_types=defect_types, answer_options=answer_options)
         output_ids = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                         prefix_allowed_tokens_fn=constraint)
+                                         logits_processor=LogitsProcessorList([constraint] if constraint else []))
         new_ids = output_ids[0, inputs["input_ids"].shape[1] :]
         raw = self.processor.tokenizer.decode(new_ids, skip_special_tokens=True)
         return raw, parse_output(raw)
@@ -181,7 +213,9 @@ def answer_prefix(raw_output: str) -> str:
 class JudoMMADAnswerer:
     """Answers MMAD questions with a JUDO checkpoint (1-shot: the first reference image).
 
-    ``mode="generate"`` maps the generated answer text to an option; ``"likelihood"``
+    ``mode="generate"`` maps the generated answer text to an option; ``"guided"`` decodes
+    the answer as one of the options' texts (:class:`ChoiceConstraint`), so a model that
+    would name a non-option must pick its likeliest option token by token; ``"likelihood"``
     keeps the generated reasoning and region, then picks the option with the highest
     length-normalized log-likelihood. The reply text ends with the letter, because MMAD's
     scorer reads the last standalone capital A-E; the predicted boxes go along (0-1
@@ -191,8 +225,8 @@ class JudoMMADAnswerer:
     """
 
     def __init__(self, judo: JudoModel, name: str, mode: str = "generate", max_new_tokens: int = 128):
-        if mode not in ("generate", "likelihood"):
-            raise ValueError(f"mode must be 'generate' or 'likelihood', got {mode!r}")
+        if mode not in ANSWER_MODES:
+            raise ValueError(f"mode must be one of {', '.join(ANSWER_MODES)}, got {mode!r}")
         self.judo = judo
         self.name = name
         self.mode = mode
@@ -207,7 +241,9 @@ class JudoMMADAnswerer:
             query_image=query.image_path,
             domain_knowledge=query.domain_knowledge,
         )
-        raw, parsed = self.judo.generate(questions=[question], max_new_tokens=self.max_new_tokens, **prompt_kwargs)
+        guided = list(options.values()) if self.mode == "guided" else None
+        raw, parsed = self.judo.generate(questions=[question], max_new_tokens=self.max_new_tokens,
+                                         answer_options=guided, **prompt_kwargs)
         if self.mode == "likelihood":
             scores = self.judo.score_options(
                 question=question, reasoning_prefix=answer_prefix(raw), length_normalized=True, **prompt_kwargs

@@ -52,7 +52,7 @@ def test_checkpoint_is_a_small_standard_folder(judo):
     assert stages == ["note", "seg", "sft"]  # Stage 3 is not applied to the shipped model: docs/judo_training.md
 
 
-def _answer_known_image(judo, known_data, **generate_options):
+def _answer_known_image(judo, known_data, question_type="Anomaly Detection", guided=False, **generate_options):
     from judo_model.mmad.format import MMADDataset
     from judo_model.prompting import Question
     from judo_model.training.answerer import JuxtaposedJudo
@@ -61,8 +61,10 @@ def _answer_known_image(judo, known_data, **generate_options):
 
     item = next(i for i in MMADDataset(known_data, "mmad.json") if i.key == KNOWN_IMAGE)
     juxtaposed = JuxtaposedJudo(judo, prompt_options_of(CHECKPOINT), load_evidence(known_data))
-    detection = next(q for q in item.record.conversation if q.type == "Anomaly Detection")
+    detection = next(q for q in item.record.conversation if q.type == question_type)
     question = Question(detection.Question, dict(detection.Options))
+    if guided:
+        generate_options["answer_options"] = list(question.options.values())
     raw, parsed = juxtaposed.generate(item.template_paths(1)[0], item.image_path, questions=[question],
                                       **generate_options)
     return item, detection, raw, parsed
@@ -75,20 +77,42 @@ def test_known_defect_is_found(judo, known_data):
     assert choose_option(parsed.answers[0], dict(detection.Options)) == detection.Answer, raw
 
 
-def test_defect_type_constraint_allows_only_the_products_types(judo):
+def test_choice_constraint_allows_only_the_products_types_and_the_options(judo):
     import torch
 
-    from judo_model.inference import DEFECT_YES, DefectTypeConstraint
+    from judo_model.inference import ANSWER_OPEN, DEFECT_YES, ChoiceConstraint
 
     tokenizer = judo.processor.tokenizer
     ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    constraint = DefectTypeConstraint(tokenizer, ["Hole", "Broken Thread"], prompt_length=3)
+    constraint = ChoiceConstraint.for_output(tokenizer, prompt_length=3, defect_types=["Hole", "Broken Thread"],
+                                             answer_options=["Yes", "No", "Broken Thread"])
     prompt = ids("<think>x")[:3]
-    assert constraint(0, torch.tensor(prompt + ids("<think>x</think>"))) == constraint.everything
-    opened = prompt + ids("<think>x</think>\n" + DEFECT_YES)
-    assert constraint(0, torch.tensor(opened)) == sorted({ids(" Hole")[0], ids(" Broken")[0]})
-    assert constraint(0, torch.tensor(opened + ids(" Broken"))) == [ids(" Thread")[0]]
-    assert constraint(0, torch.tensor(opened + ids(" Broken Thread</defect>"))) == constraint.everything
+    assert constraint.allowed(ids("<think>x</think>")) is None
+    opened = ids("<think>x</think>\n" + DEFECT_YES)
+    assert constraint.allowed(opened) == sorted({ids(" Hole")[0], ids(" Broken")[0]})
+    assert constraint.allowed(opened + ids(" Broken")) == [ids(" Thread")[0]]
+    closed = opened + ids(" Broken Thread</defect>")
+    assert constraint.allowed(closed) is None
+    answering = closed + ids("<region>[]</region>" + ANSWER_OPEN)
+    assert constraint.allowed(answering) == sorted({ids("Yes")[0], ids("No")[0], ids("Broken")[0]})
+    assert constraint.allowed(answering + ids("Yes</answer>")) is None
+    assert ChoiceConstraint.for_output(tokenizer, prompt_length=3) is None
+
+    vocabulary = len(tokenizer)
+    scores = torch.zeros((1, vocabulary))
+    masked = constraint(torch.tensor([prompt + opened]), scores.clone())
+    assert set(torch.nonzero(torch.isfinite(masked[0])).flatten().tolist()) == set(constraint.allowed(opened))
+    free = constraint(torch.tensor([prompt + ids("<think>x")]), scores.clone())
+    assert torch.equal(free, scores)
+
+
+def test_guided_answers_are_always_one_of_the_options(judo, known_data):
+    from judo_model.mmad.format import MMADDataset
+
+    item = next(i for i in MMADDataset(known_data, "mmad.json") if i.key == KNOWN_IMAGE)
+    for question_type in sorted({q.type for q in item.record.conversation}):
+        _, question, raw, parsed = _answer_known_image(judo, known_data, question_type, guided=True)
+        assert parsed.answers and parsed.answers[0] in dict(question.Options).values(), raw
 
 
 def test_verdict_type_is_decoded_as_one_of_the_products_types(judo, known_data):
@@ -112,9 +136,10 @@ def test_known_defect_is_boxed(judo, known_data):
     assert (boxes_to_mask(parsed.boxes, *mask.shape) & mask).any(), raw
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped tiny checkpoint finds and boxes the hole but names it a stain "
-                   "(decoded among fabric's types; freely it says crack), although its evidence note says Hole: "
-                   "it keeps the note's type for 38 % of hinted images; docs/judo_training.md")
+@pytest.mark.xfail(strict=True, reason="the shipped tiny checkpoint finds and boxes the hole but, asked the "
+                   "Anomaly Detection question, names it a stain (decoded among fabric's types; freely 'cable swap'), "
+                   "although its evidence note says Hole: it keeps the note's type for 81 % of hinted verdicts "
+                   "without a question; docs/judo_training.md")
 def test_known_defect_is_typed(judo, known_data):
     from judo_model.data.knowledge import category_facts
 

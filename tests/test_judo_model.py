@@ -195,7 +195,7 @@ def test_score_options_prefers_the_trained_answer(memorized_checkpoint):
     assert answer_prefix("<think>x</think><region>[]</region> trailing") == "<think>x</think><region>[]</region>\n<answer>"
 
 
-@pytest.mark.parametrize("mode", ["generate", "likelihood"])
+@pytest.mark.parametrize("mode", ["generate", "guided", "likelihood"])
 def test_mmad_answerer_ends_with_the_letter_and_carries_boxes(memorized_checkpoint, tmp_path, mode):
     query_path, reference_path = tmp_path / "query.png", tmp_path / "good.png"
     query_path.write_bytes(encode_png(defective_image()))

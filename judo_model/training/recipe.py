@@ -11,10 +11,10 @@ STAGES = ("note", "seg", "sft", "grpo")
 class Recipe:
     """Steps and switches of one training run (the ``tiny`` preset's defaults ship the checkpoint)."""
 
-    note_steps: int = 1500
+    note_steps: int = 2500
     note_batch_size: int = 16
     note_lr: float = 1e-3
-    seg_steps: int = 1000
+    seg_steps: int = 300
     sft_steps: int = 600
     grpo_steps: int = 0
     batch_size: int = 8
@@ -29,8 +29,8 @@ class Recipe:
     domain_knowledge_prob: float = 0.25
     single_question: float = 0.4
     sft_replay: float = 0.3
-    note_replay: float = 0.0
+    note_replay: float = 0.2
     sft_note_replay: float = 0.0
-    type_from_note: bool = False
+    type_from_note: bool = True
     seed: int = 0
     threads: int = 1
