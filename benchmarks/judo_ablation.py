@@ -72,6 +72,8 @@ ROWS = {
                                    "(not shipped)", None),
     "n2500-seg-replay": ("Stage 0 2 500 steps, Stage 1 300 steps with 20 % note replay, Stage 2 600 steps without, "
                          "verdict targets naming the note's type (shipped checkpoint since this row)", None),
+    "n2500-seg-replay-answer-note": ("the row above with Defect Classification answers naming the note's type where "
+                                     "it is an option (Stage 2 rerun from its Stage 1; not shipped)", None),
 }
 SUBSETS = {"test": ("mmad.json", 1), "heldout": ("mmad_heldout.json", 2), "verdicts": ("mmad.json", 4)}
 #: How the answerer picks an option (``judo eval mmad --mode``): the letter its generated answer

@@ -96,6 +96,20 @@ def test_stage_batches_replay_notes_and_can_name_the_notes_type(data_dir, exampl
         assert f"Nearest labelled defect: {parsed.defect_type}." in str(prompt.messages)
 
 
+def test_defect_classification_answer_can_name_another_type(examples):
+    from judo_model.training.data import target_for
+
+    example = next(e for e in examples if not e.is_normal and "Defect Classification" in e.question_types)
+    asked = example.question_types.index("Defect Classification")
+    other = next(text for letter, text in example.questions[asked].options.items()
+                 if letter != example.answer_letters[asked])
+    answers = parse_output(target_for(example, answered_type=other)).answers
+    assert answers[asked] == other
+    assert [a for i, a in enumerate(answers) if i != asked] == \
+        [a for i, a in enumerate(example.answer_texts) if i != asked], "the other answers keep the truth"
+    assert parse_output(target_for(example, answered_type="Not An Option")).answers == tuple(example.answer_texts)
+
+
 def test_targets_follow_the_contract_and_cover_the_mask(examples):
     from judo_model.training.data import ground_truth_mask, target_for
 

@@ -147,21 +147,29 @@ def reasoning_for(defect_mask: np.ndarray | None) -> str:
     return f"The query differs from the reference at the {REGIONS[region_of(defect_mask)].lower()}."
 
 
-def target_for(example: Example, include_answer: bool = True, hint=None, named_type: str | None = None) -> str:
+def target_for(example: Example, include_answer: bool = True, hint=None, named_type: str | None = None,
+               answered_type: str | None = None) -> str:
     """The contract text the model is trained to write for ``example``.
 
     ``hint`` is the evidence note's box, if the prompt shows one (see :func:`endorsed_boxes`);
-    ``named_type`` replaces the true defect type in the verdict (not in the answers).
+    ``named_type`` replaces the true defect type in the verdict, ``answered_type`` in the
+    Defect Classification answer where it is one of the options (the other answers keep the truth).
     """
+    answers = answers_naming(example, answered_type) if include_answer else []
     if example.is_normal:
-        return format_target(reasoning=reasoning_for(None), defect=False,
-                             answers=example.answer_texts if include_answer else [])
+        return format_target(reasoning=reasoning_for(None), defect=False, answers=answers)
     mask = ground_truth_mask(example)
     title = named_type or defect_title(example.category, example.defect)
     return format_target(
         reasoning=reasoning_for(mask),
-        defect=True, defect_type=title, boxes=endorsed_boxes(target_boxes(mask), hint),
-        answers=example.answer_texts if include_answer else [])
+        defect=True, defect_type=title, boxes=endorsed_boxes(target_boxes(mask), hint), answers=answers)
+
+
+def answers_naming(example: Example, defect_type: str | None) -> list[str]:
+    """The example's answer texts, the Defect Classification answer naming ``defect_type`` if it is an option."""
+    return [defect_type if defect_type and kind == "Defect Classification" and defect_type in question.options.values()
+            else answer
+            for question, kind, answer in zip(example.questions, example.question_types, example.answer_texts)]
 
 
 def defect_titles(examples: list[Example]) -> list[str]:

@@ -39,6 +39,7 @@ class SFTConfig:
     replay: float = 0.0
     note_replay: float = 0.0
     type_from_note: bool = False
+    answer_type_from_note: bool = False
 
 
 @dataclass
@@ -93,7 +94,8 @@ def supervised_pairs(examples: list[Example], options: PromptOptions, evidence, 
 
     With ``notes`` (Stage 0's sampler), a share ``config.note_replay`` of every batch is
     text-only note reading, so that the images do not wash the copying out again. With
-    ``config.type_from_note`` the verdict names the type the note names, where it names one.
+    ``config.type_from_note`` the verdict names the type the note names, where it names one,
+    and with ``config.answer_type_from_note`` so does the Defect Classification answer.
     """
     sampler = BalancedSampler(examples, seed=config.seed, single_question=config.single_question, questions=questions,
                               replay=config.replay)
@@ -101,9 +103,11 @@ def supervised_pairs(examples: list[Example], options: PromptOptions, evidence, 
     replay_rng = random.Random(config.seed + 2)
 
     def pair(example: Example) -> tuple[JudoPrompt, str]:
-        named = note_type(example, options, evidence) if config.type_from_note else None
+        hinted = note_type(example, options, evidence)
         return (example_prompt(example, options, evidence, rng),
-                target_for(example, hint=evidence_hint(example, options, evidence), named_type=named))
+                target_for(example, hint=evidence_hint(example, options, evidence),
+                           named_type=hinted if config.type_from_note else None,
+                           answered_type=hinted if config.answer_type_from_note else None))
 
     def draw(size: int) -> list[tuple[JudoPrompt, str]]:
         return [notes() if notes is not None and replay_rng.random() < config.note_replay else pair(sampler())
