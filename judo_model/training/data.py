@@ -26,7 +26,8 @@ from judo_model.imaging import load_image, load_mask
 from judo_model.mmad.format import DEFECT_QUESTION_TYPES, MMADDataset, MMADItem
 from judo_model.output import format_target, largest_boxes
 from judo_model.prompting import JudoPrompt, Question, build_prompt
-from judo_model.training.evidence import DEFAULT_ROUTE, EvidenceCache, EvidenceInputs, hottest_boxes
+from judo_model.training.evidence import (DEFAULT_ROUTE, EvidenceCache, EvidenceInputs, hottest_boxes,
+                                          route_shows_note)
 
 #: Side the reference and query are shown at (4x4 merged visual tokens each).
 IMAGE_SIDE = 112
@@ -178,7 +179,7 @@ def defect_titles(examples: list[Example]) -> list[str]:
 
 
 def shows_note(options: "PromptOptions", evidence: EvidenceCache | None) -> bool:
-    return evidence is not None and (options.evidence_route or "").endswith("_text")
+    return evidence is not None and route_shows_note(options.evidence_route)
 
 
 def evidence_hint(example: Example, options: "PromptOptions", evidence: EvidenceCache | None):

@@ -48,6 +48,8 @@ from judo_model.output import Box, boxes_to_mask, largest_boxes
 
 EVIDENCE_ROUTES = ("heat", "heat_crop", "heat_crop_text")
 DEFAULT_ROUTE = "heat_crop_text"
+#: A route with this suffix also gives the evidence in words (the note) after its image.
+NOTE_SUFFIX = "_text"
 PANEL = 112  # side of one evidence panel in pixels (4x4 merged visual tokens)
 CROP_FRACTION = 1 / 3  # side of the zoomed crop relative to the query's short side
 HEAT_FLOOR = 0.7  # map / threshold below which the heat image is black
@@ -160,13 +162,18 @@ def format_note(score_ratio: float, box: Box, defect_hint: str | None = None) ->
     return note + HINT_FORMAT.format(label=defect_hint) if defect_hint else note
 
 
+def route_shows_note(route: str | None) -> bool:
+    """Whether an evidence route puts the prefilter's note in the prompt."""
+    return (route or "").endswith(NOTE_SUFFIX)
+
+
 def evidence_inputs(query: np.ndarray, anomaly_map: np.ndarray, threshold: float,
                     route: str | None = DEFAULT_ROUTE, defect_hint: str | None = None) -> EvidenceInputs:
     """The evidence image (and note, for ``*_text`` routes) of one query; nothing if ``route`` is None."""
     if not route:
         return EvidenceInputs()
-    image_route = route.removesuffix("_text")
-    note = evidence_note(anomaly_map, threshold, defect_hint) if route.endswith("_text") else None
+    image_route = route.removesuffix(NOTE_SUFFIX)
+    note = evidence_note(anomaly_map, threshold, defect_hint) if route_shows_note(route) else None
     return EvidenceInputs(render_evidence(query, anomaly_map, threshold, image_route), note)
 
 

@@ -18,6 +18,7 @@ import torch
 
 from judo_model.training.data import IMAGE_SIDE, PromptOptions, defect_titles, load_examples, tokenizer_corpus_texts
 from judo_model.training.encoding import CachedEncoder
+from judo_model.training.evidence import route_shows_note
 from judo_model.training.recipe import STAGES, Recipe
 from judo_model.training.note_reading import NoteReadingSampler
 from judo_model.training.sft import SFTConfig, train_on_pairs, train_supervised
@@ -115,7 +116,7 @@ def train(data_dir: str | Path, out_dir: str | Path, stage: str = "all", recipe:
     encoder = CachedEncoder(processor)
     todo = STAGES if stage == "all" else (stage,)
     stage_dir = out_dir / "stages" if stage == "all" else None
-    reads_notes = (recipe.evidence_route or "").endswith("_text")
+    reads_notes = route_shows_note(recipe.evidence_route)
 
     def replayed_notes(seed: int) -> NoteReadingSampler | None:
         """Stage 0 notes to mix into a later stage (its own seed, so single-stage runs draw the same)."""
