@@ -74,6 +74,10 @@ ROWS = {
                          "verdict targets naming the note's type (shipped checkpoint since this row)", None),
     "n2500-seg-replay-answer-note": ("the row above with Defect Classification answers naming the note's type where "
                                      "it is an option (Stage 2 rerun from its Stage 1; not shipped)", None),
+    "s2-spaced-answers": ("Stage 2 rerun from row n2500-seg-replay's Stage 1 with answers written after a space, "
+                          "as the options, the note and the verdict write their words (same tokens)", None),
+    "s2-spaced-answers-note": ("the row above with Defect Classification answers naming the note's type where it "
+                               "is an option", None),
 }
 SUBSETS = {"test": ("mmad.json", 1), "heldout": ("mmad_heldout.json", 2), "verdicts": ("mmad.json", 4)}
 #: How the answerer picks an option (``judo eval mmad --mode``): the letter its generated answer
