@@ -75,9 +75,14 @@ ROWS = {
     "n2500-seg-replay-answer-note": ("the row above with Defect Classification answers naming the note's type where "
                                      "it is an option (Stage 2 rerun from its Stage 1; not shipped)", None),
     "s2-spaced-answers": ("Stage 2 rerun from row n2500-seg-replay's Stage 1 with answers written after a space, "
-                          "as the options, the note and the verdict write their words (same tokens)", None),
+                          "as the options, the note and the verdict write their words (same tokens; not shipped)", None),
     "s2-spaced-answers-note": ("the row above with Defect Classification answers naming the note's type where it "
-                               "is an option", None),
+                               "is an option (not shipped)", None),
+    "s2-spaced-answers-about": ("the row above with the Defect Description and Analysis answers also following the "
+                                "note's type (its appearance and consequence) where they are options (not shipped)",
+                                None),
+    "spaced-answers": ("make train with the recipe of row s2-spaced-answers-note from scratch: its tokenizer, fitted "
+                       "on the spaced answers, changes every stage (not shipped)", None),
 }
 SUBSETS = {"test": ("mmad.json", 1), "heldout": ("mmad_heldout.json", 2), "verdicts": ("mmad.json", 4)}
 #: How the answerer picks an option (``judo eval mmad --mode``): the letter its generated answer

@@ -94,8 +94,8 @@ def test_choice_constraint_allows_only_the_products_types_and_the_options(judo):
     closed = opened + ids(" Broken Thread</defect>")
     assert constraint.allowed(closed) is None
     answering = closed + ids("<region>[]</region>" + ANSWER_OPEN)
-    assert constraint.allowed(answering) == sorted({ids(" Yes")[0], ids(" No")[0], ids(" Broken")[0]})
-    assert constraint.allowed(answering + ids(" Yes</answer>")) is None
+    assert constraint.allowed(answering) == sorted({ids("Yes")[0], ids("No")[0], ids("Broken")[0]})
+    assert constraint.allowed(answering + ids("Yes</answer>")) is None
     assert ChoiceConstraint.for_output(tokenizer, prompt_length=3) is None
 
     vocabulary = len(tokenizer)

@@ -32,6 +32,6 @@ class Recipe:
     note_replay: float = 0.2
     sft_note_replay: float = 0.0
     type_from_note: bool = True
-    answer_type_from_note: bool = True
+    answer_type_from_note: bool = False
     seed: int = 0
     threads: int = 1
