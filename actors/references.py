@@ -364,6 +364,12 @@ class ReferenceService(ProductService):
         defects = self.get(product).defects
         return defects.types if defects is not None else None
 
+    def defect_evidence(self, product: str, frame: Frame, anomaly_map: np.ndarray
+                        ) -> tuple[str | None, list[str] | None]:
+        """:meth:`defect_hint` and :meth:`defect_types` in one round trip: what the pipeline's
+        driver asks for every suspect frame."""
+        return self.defect_hint(product, frame, anomaly_map), self.defect_types(product)
+
 
 def reference_actor_class(**ray_options):
     """``ray.remote`` class of :class:`ReferenceService` (Ray imported only here)."""

@@ -93,12 +93,13 @@ def in_process(config, cameras, frames: int, seed: int) -> dict:
         if decision.to_judo:
             refs = references.query_descriptors(decoded.frame.product, scored["descriptor"],
                                                 config.prefilter.references_k, True)
-            hint = references.defect_hint(decoded.frame.product, decoded.image, scored["anomaly_map"])
+            hint, types = references.defect_evidence(decoded.frame.product, decoded.image, scored["anomaly_map"])
             replica.infer([JudoFrameRequest(
                 frame_id=decoded.frame.frame_id, camera_id=decoded.frame.camera_id, line_id=decoded.frame.line_id,
                 product=decoded.frame.product, captured_at=decoded.frame.captured_at, query=decoded.image,
                 references=[decode_image(r["image"]) for r in refs[0]], anomaly_score=decision.score,
-                threshold=decision.threshold, anomaly_map=scored.get("anomaly_map"), defect_hint=hint)])
+                threshold=decision.threshold, anomaly_map=scored.get("anomaly_map"), defect_hint=hint,
+                defect_types=types)])
     seconds = time.perf_counter() - started
     return {"frames": frames, "seconds": seconds, "frames_per_s": frames / seconds}
 

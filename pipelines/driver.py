@@ -352,13 +352,11 @@ class FrameDriver:
                 refs_call = self.references.query_descriptors.remote(item.frame.product, descriptor, k, True)
             else:
                 refs_call = self.references.query.remote(item.frame.product, [item.image], k, True)
-            hint_call = types_call = None
+            defects_call = None
             if anomaly_map is not None:
-                hint_call = self.references.defect_hint.remote(item.frame.product, item.image, anomaly_map)
-                types_call = self.references.defect_types.remote(item.frame.product)
+                defects_call = self.references.defect_evidence.remote(item.frame.product, item.image, anomaly_map)
             refs = await refs_call
-            hint = await hint_call if hint_call is not None else None
-            types = await types_call if types_call is not None else None
+            hint, types = await defects_call if defects_call is not None else (None, None)
             span.set_attribute("frame_id", item.frame.frame_id)
             span.set_attribute("reference_ids", [r["id"] for r in refs[0]])
             span.set_attribute("defect_hint", hint or "")

@@ -52,6 +52,8 @@ def test_test_defects_are_labelled_better_than_chance(library):
         truth = [defect_title(product, s.label) for s in defects]
         assert set(hints) <= set(service.get(product).defects.labels)
         assert service.defect_types(product) == sorted(set(service.get(product).defects.labels))
+        assert service.defect_evidence(product, frames[0], scored.anomaly_map(0)) == \
+            (hints[0], service.defect_types(product))
         right = sum(h == t for h, t in zip(hints, truth))
         majority = Counter(truth).most_common(1)[0][1]
         assert right > majority, f"{product}: {right}/{len(truth)} right, the majority type alone {majority}"
@@ -67,3 +69,4 @@ def test_a_product_without_labelled_examples_has_no_hint(tmp_path, library):
     frame = np.zeros((64, 64, 3), np.uint8)
     assert service.defect_hint("bottle", frame, np.zeros((64, 64), np.float32)) is None
     assert service.defect_types("bottle") is None
+    assert service.defect_evidence("bottle", frame, np.zeros((64, 64), np.float32)) == (None, None)
