@@ -15,12 +15,12 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from judo_model.mmad.answerers import ANSWER_MODES, GroundedAnswer
 from judo_model.modeling import load_checkpoint
-from judo_model.output import COORDINATE_SCALE, ParsedOutput, choose_option, parse_output
+from judo_model.output import (ANSWER_CLOSE, ANSWER_OPEN, COORDINATE_SCALE, ParsedOutput, answer_words,
+                               choose_option, parse_output)
 from judo_model.processing import JudoProcessor
 from judo_model.prompting import ImageLike, Question, build_prompt, prompt_text
 
 DEFAULT_MAX_NEW_TOKENS = 256
-ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 DEFECT_YES, DEFECT_CLOSE = "<defect>yes:", "</defect>"
 
 
@@ -54,7 +54,7 @@ class ChoiceConstraint(LogitsProcessor):
         if defect_types:
             slots[DEFECT_YES] = [f" {name}{DEFECT_CLOSE}" for name in sorted(set(defect_types))]
         if answer_options:
-            slots[ANSWER_OPEN] = [f"{text.strip()}{ANSWER_CLOSE}" for text in answer_options]
+            slots[ANSWER_OPEN] = [f"{answer_words(text)}{ANSWER_CLOSE}" for text in answer_options]
         return cls(tokenizer, slots, prompt_length) if slots else None
 
     def allowed(self, generated: Sequence[int]) -> list[int] | None:
@@ -160,7 +160,7 @@ class JudoModel:
 
         The model first writes its reasoning, verdict and region greedily (or
         ``reasoning_prefix`` is used); each option is then scored as the continuation
-        ``<option text></answer>``. ``length_normalized`` divides by the option's token count.
+        `` <option text></answer>``. ``length_normalized`` divides by the option's token count.
         """
         if not question.options:
             raise ValueError("score_options needs a question with options")
@@ -177,7 +177,7 @@ class JudoModel:
             reasoning_prefix = answer_prefix(raw)
         base = self._inputs(prompt_suffix=reasoning_prefix, **prompt_kwargs)
         return {
-            letter: self._continuation_log_likelihood(base, text + ANSWER_CLOSE, length_normalized)
+            letter: self._continuation_log_likelihood(base, answer_words(text) + ANSWER_CLOSE, length_normalized)
             for letter, text in question.options.items()
         }
 

@@ -35,6 +35,7 @@ Box = tuple[int, int, int, int]
 SINGLE_TAGS = ("think", "defect", "region")
 ANSWER_TAG = "answer"
 ALL_TAGS = (*SINGLE_TAGS, ANSWER_TAG)
+ANSWER_OPEN, ANSWER_CLOSE = f"<{ANSWER_TAG}>", f"</{ANSWER_TAG}>"
 
 #: Structure checks, in the order their failures are reported.
 STRUCTURE_CHECKS = ("tags", "order", "region", "boxes", "consistent")
@@ -265,9 +266,20 @@ def format_target(
         f"<think>{reasoning.strip()}</think>",
         f"<defect>{verdict}</defect>",
         f"<region>{region}</region>",
-        *(f"<answer>{answer.strip()}</answer>" for answer in answers),
+        *(f"{ANSWER_OPEN}{answer_words(answer)}{ANSWER_CLOSE}" for answer in answers),
     ]
     return "\n".join(lines)
+
+
+def answer_words(text: str) -> str:
+    """An answer's content as written after ``<answer>``: the text with one leading space.
+
+    Byte-level BPE marks a word's leading space, so " hole" is a different token from "hole".
+    The options (``A: hole``), the evidence note (``defect: hole``) and the verdict
+    (``yes: hole``) all write the word after a space; written the same way, the answer
+    repeats their very tokens, and copying the verdict's type into it is a plain token copy.
+    """
+    return " " + text.strip()
 
 
 def normalize_text(text: str) -> str:

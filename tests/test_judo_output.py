@@ -32,10 +32,19 @@ def test_format_target_writes_the_documented_layout():
         "<think>The query shows a dark scratch that the reference lacks.</think>\n"
         "<defect>yes: scratch</defect>\n"
         "<region>[[100, 200, 300, 400], [600, 650, 700, 900]]</region>\n"
-        "<answer>Yes</answer>\n"
-        "<answer>Scratch</answer>"
+        "<answer> Yes</answer>\n"
+        "<answer> Scratch</answer>"
     )
     assert NORMAL_TARGET.splitlines()[1:3] == ["<defect>no</defect>", "<region>[]</region>"]
+
+
+def test_an_answer_is_written_as_the_verdict_writes_its_type():
+    """Same characters after '<answer>' as after 'yes:', so a byte-level tokenizer gives the same tokens."""
+    target = format_target(reasoning="r", defect=True, defect_type="broken thread", boxes=[[0, 0, 25, 25]],
+                           answers=["broken thread"])
+    verdict_words = target.split("<defect>yes:")[1].split("</defect>")[0]
+    answer_words_written = target.split("<answer>")[1].split("</answer>")[0]
+    assert verdict_words == answer_words_written == " broken thread"
 
 
 def test_parse_reads_back_what_format_target_wrote():

@@ -77,6 +77,22 @@ def test_note_reading_targets_repeat_the_note(examples):
     assert "<|image_pad|>" not in prompt_text(build_processor(), prompt)
 
 
+def test_note_reading_shares_of_defects_and_hints_follow_the_recipe(examples):
+    from judo_model.training.data import defect_titles
+    from judo_model.training.note_reading import NoteReadingSampler
+
+    titles = defect_titles(examples)
+    for above, hinted in ((0.74, 0.8), (0.85, 0.95), (0.0, 0.0)):
+        parsed = [parse_output(t) for _, t in NoteReadingSampler(titles, seed=5, above_share=above,
+                                                                hint_share=hinted).batch(1000)]
+        defects = [p for p in parsed if p.defect]
+        assert abs(len(defects) / 1000 - above) < 0.05
+        if defects:
+            assert abs(sum(p.defect_type is not None for p in defects) / len(defects) - hinted) < 0.05
+    with pytest.raises(ValueError, match="hint_share"):
+        NoteReadingSampler(titles, hint_share=1.5)
+
+
 def test_stage_batches_replay_notes_and_can_name_the_notes_type(data_dir, examples):
     from judo_model.training.data import PromptOptions, defect_titles
     from judo_model.training.evidence import load_evidence

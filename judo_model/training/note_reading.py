@@ -23,18 +23,31 @@ from judo_model.training.evidence import MAX_SCORE_RATIO, format_note, note_says
 ROLES = ("reference", "query", "evidence")
 #: Most synthetic defects span less than this (0-1000 units); a few note boxes are larger.
 TYPICAL_SIDE = 400
-#: Share of notes shown without a defect hint (as in the cached evidence).
-NO_HINT = 0.2
+#: Share of notes above the threshold (a uniform score ratio over 0.2-3.3 gives 74 %).
+ABOVE_SHARE = 0.74
+#: Share of notes naming a defect type (the cached evidence shows one for about 80 %).
+HINT_SHARE = 0.8
 
 
 class NoteReadingSampler:
     """Random evidence notes and the contract a reader of the note alone would write."""
 
-    def __init__(self, defect_titles: Sequence[str], seed: int = 0):
+    def __init__(self, defect_titles: Sequence[str], seed: int = 0, *, above_share: float = ABOVE_SHARE,
+                 hint_share: float = HINT_SHARE):
         if not defect_titles:
             raise ValueError("note reading needs the defect titles of the training data")
+        for name, share in (("above_share", above_share), ("hint_share", hint_share)):
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"{name} must be within [0, 1], got {share}")
         self.titles = sorted(set(defect_titles))
+        self.above_share, self.hint_share = above_share, hint_share
         self.rng = random.Random(seed)
+
+    def _ratio(self) -> float:
+        """A score / threshold ratio, above the threshold with probability ``above_share``."""
+        if self.rng.random() < self.above_share:
+            return self.rng.uniform(1.0, MAX_SCORE_RATIO / 3)
+        return self.rng.uniform(0.2, 1.0)
 
     def _box(self) -> tuple[int, int, int, int]:
         steps = COORDINATE_SCALE // BOX_STEP
@@ -48,9 +61,9 @@ class NoteReadingSampler:
         return x1, y1, x2, y2
 
     def __call__(self) -> tuple[JudoPrompt, str]:
-        ratio = self.rng.uniform(0.2, MAX_SCORE_RATIO / 3)
+        ratio = self._ratio()
         box = self._box()
-        title = None if self.rng.random() < NO_HINT else self.rng.choice(self.titles)
+        title = self.rng.choice(self.titles) if self.rng.random() < self.hint_share else None
         note = format_note(ratio, box, title)
         content = image_introductions(ROLES, with_images=False)
         content.append({"type": "text", "text": task_text(ROLES, evidence_note=note)})

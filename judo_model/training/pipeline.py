@@ -118,9 +118,13 @@ def train(data_dir: str | Path, out_dir: str | Path, stage: str = "all", recipe:
     stage_dir = out_dir / "stages" if stage == "all" else None
     reads_notes = route_shows_note(recipe.evidence_route)
 
+    def notes_sampler(seed: int) -> NoteReadingSampler:
+        return NoteReadingSampler(defect_titles(examples), seed=seed, above_share=recipe.note_above_share,
+                                  hint_share=recipe.note_hint_share)
+
     def replayed_notes(seed: int) -> NoteReadingSampler | None:
         """Stage 0 notes to mix into a later stage (its own seed, so single-stage runs draw the same)."""
-        return NoteReadingSampler(defect_titles(examples), seed=seed + 7) if reads_notes else None
+        return notes_sampler(seed + 7) if reads_notes else None
 
     for name in todo:
         start = time.time()
@@ -128,7 +132,7 @@ def train(data_dir: str | Path, out_dir: str | Path, stage: str = "all", recipe:
             if not reads_notes or recipe.note_steps <= 0:
                 print("note: skipped (the prompts carry no evidence note)")
                 continue
-            sampler = NoteReadingSampler(defect_titles(examples), seed=recipe.seed)
+            sampler = notes_sampler(recipe.seed)
             config = SFTConfig(recipe.note_steps, recipe.note_batch_size, recipe.note_lr, seed=recipe.seed,
                                min_lr_ratio=1.0)  # constant: the copy circuit forms late (a phase change)
             curve = train_on_pairs(model, processor, sampler.batch, config, "note", encoder=encoder)

@@ -14,6 +14,8 @@ class Recipe:
     note_steps: int = 2500
     note_batch_size: int = 16
     note_lr: float = 1e-3
+    note_above_share: float = 0.85
+    note_hint_share: float = 0.95
     seg_steps: int = 300
     sft_steps: int = 600
     grpo_steps: int = 0
@@ -32,6 +34,6 @@ class Recipe:
     note_replay: float = 0.2
     sft_note_replay: float = 0.0
     type_from_note: bool = True
-    answer_type_from_note: bool = False
+    answer_type_from_note: bool = True
     seed: int = 0
     threads: int = 1
