@@ -84,6 +84,8 @@ ROWS = {
                                 None),
     "spaced-answers": ("make train with the recipe of row s2-spaced-answers-note from scratch: its tokenizer, fitted "
                        "on the spaced answers, changes every stage (not shipped)", None),
+    "c-typed-notes": ("(c) for the shipped recipe: Stages 0 and 1 of row typed-notes, Stage 2 without domain "
+                      "knowledge in any prompt (the step from c to d: what the knowledge in training adds)", None),
     "typed-notes": ("the recipe of row spaced-answers with Stage 0 notes 85 % above the threshold and 95 % of those "
                     "naming a type (74 % and 80 % before), so that the type copy forms (shipped checkpoint since this row)",
                     None),
