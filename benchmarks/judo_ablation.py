@@ -247,7 +247,6 @@ def cmd_notes(args) -> None:
 
     from judo_model.inference import JudoModel
     from judo_model.output import parse_output
-    from judo_model.prompting import prompt_text
     from judo_model.training.data import defect_titles, load_examples
     from judo_model.training.note_reading import NoteReadingSampler
 
@@ -257,11 +256,7 @@ def cmd_notes(args) -> None:
     counts = {"notes": args.count, "verdict": 0, "above": 0, "box": 0, "hinted": 0, "type": 0}
     for prompt, target in sampler.batch(args.count):
         expected = parse_output(target)
-        inputs = judo.processor(text=[prompt_text(judo.processor, prompt)], return_tensors="pt")
-        with torch.inference_mode():
-            output = judo.model.generate(**inputs, max_new_tokens=96, do_sample=False)
-        written = parse_output(judo.processor.tokenizer.decode(output[0, inputs["input_ids"].shape[1]:],
-                                                               skip_special_tokens=True))
+        _, written = judo.generate_from_prompt(prompt, max_new_tokens=96)
         counts["verdict"] += written.defect is expected.defect
         if expected.defect:
             counts["above"] += 1

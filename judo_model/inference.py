@@ -18,7 +18,7 @@ from judo_model.modeling import load_checkpoint
 from judo_model.output import (ANSWER_CLOSE, ANSWER_OPEN, COORDINATE_SCALE, ParsedOutput, answer_words,
                                choose_option, parse_output)
 from judo_model.processing import JudoProcessor
-from judo_model.prompting import ImageLike, Question, build_prompt, prompt_text
+from judo_model.prompting import ImageLike, JudoPrompt, Question, build_prompt, prompt_text
 
 DEFAULT_MAX_NEW_TOKENS = 256
 DEFECT_YES, DEFECT_CLOSE = "<defect>yes:", "</defect>"
@@ -103,9 +103,12 @@ class JudoModel:
 
     def _inputs(self, prompt_suffix: str = "", **prompt_kwargs):
         """Model inputs for a prompt, optionally with text already written by the assistant."""
-        prompt = build_prompt(**prompt_kwargs)
+        return self._encode(build_prompt(**prompt_kwargs), prompt_suffix)
+
+    def _encode(self, prompt: JudoPrompt, prompt_suffix: str = ""):
         text = prompt_text(self.processor, prompt) + prompt_suffix
-        return self.processor(text=[text], images=prompt.images, return_tensors="pt").to(self.device)
+        images = prompt.images or None  # a text-only prompt: the image processor rejects an empty list
+        return self.processor(text=[text], images=images, return_tensors="pt").to(self.device)
 
     @torch.inference_mode()
     def generate(
@@ -126,7 +129,7 @@ class JudoModel:
         one of them, ``answer_options`` each ``<answer>`` to one of those texts
         (:class:`ChoiceConstraint`); None decodes the slot freely.
         """
-        inputs = self._inputs(
+        prompt = build_prompt(
             reference_image=reference_image,
             query_image=query_image,
             evidence_image=evidence_image,
@@ -134,6 +137,18 @@ class JudoModel:
             questions=questions,
             domain_knowledge=domain_knowledge,
         )
+        return self.generate_from_prompt(prompt, max_new_tokens, defect_types, answer_options)
+
+    @torch.inference_mode()
+    def generate_from_prompt(
+        self,
+        prompt: JudoPrompt,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        defect_types: Sequence[str] | None = None,
+        answer_options: Sequence[str] | None = None,
+    ) -> tuple[str, ParsedOutput]:
+        """:meth:`generate` for a prompt already built (e.g. Stage 0's text-only notes)."""
+        inputs = self._encode(prompt)
         constraint = ChoiceConstraint.for_output(self.processor.tokenizer, inputs["input_ids"].shape[1],
                                                  defect_types=defect_types, answer_options=answer_options)
         output_ids = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
