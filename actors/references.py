@@ -225,6 +225,8 @@ class DefectExemplars:
     example folders' names; a plant grows its library from reviewed verdicts.
     """
 
+    STORE_FORMAT = DEFECTS_FORMAT
+
     def __init__(self, product: str, backbone: BackboneConfig, extractor: FeatureExtractor | None = None):
         if extractor is not None and extractor.config != backbone:
             raise ValueError(f"defect exemplars of {product!r} were described with {backbone}, not {extractor.config}")
@@ -261,7 +263,11 @@ class DefectExemplars:
             rgb = as_rgb_frame(frame)
             top, left, bottom, right = peak_crop_box(resize_map(anomaly_map, *rgb.shape[:2]), EXEMPLAR_CROP_FRACTION)
             crops.append(np.ascontiguousarray(rgb[top:bottom, left:right]))
-        batch, placements = self._preprocess(crops)
+        return self.describe(crops)
+
+    def describe(self, images: Sequence[Frame]) -> np.ndarray:
+        """``(B, dim)`` global descriptors of images, each squashed to the exemplar side."""
+        batch, placements = self._preprocess([as_rgb_frame(image) for image in images])
         features = self.extractor(batch)
         return global_descriptors(features, valid_cells(placements, self.extractor.config.grid_stride,
                                                         tuple(features.shape[2:])))
@@ -274,13 +280,16 @@ class DefectExemplars:
             raise ValueError(f"need as many (>0) frames, maps, labels and ids; got {len(frames)}, "
                              f"{len(anomaly_maps)}, {len(labels)}, {len(ids)}")
         exemplars = cls(product, extractor.config, extractor)
-        exemplars.descriptors = np.concatenate([
+        exemplars._index(np.concatenate([
             exemplars.crop_descriptors(frames[i:i + batch_size], anomaly_maps[i:i + batch_size])
-            for i in range(0, len(frames), batch_size)])
-        exemplars.labels, exemplars.ids = [str(label) for label in labels], [str(i) for i in ids]
-        exemplars.index = faiss.IndexFlatIP(exemplars.descriptors.shape[1])
-        exemplars.index.add(exemplars.descriptors)
+            for i in range(0, len(frames), batch_size)]), labels, ids)
         return exemplars
+
+    def _index(self, descriptors: np.ndarray, labels: Sequence[str], ids: Sequence[str]) -> None:
+        self.descriptors = descriptors
+        self.labels, self.ids = [str(label) for label in labels], [str(i) for i in ids]
+        self.index = faiss.IndexFlatIP(descriptors.shape[1])
+        self.index.add(descriptors)
 
     def vote(self, descriptors: np.ndarray, k: int = EXEMPLAR_VOTES,
              exclude: Sequence[int | None] | None = None) -> list[str]:
@@ -311,7 +320,7 @@ class DefectExemplars:
     def save(self, directory: str | Path) -> Path:
         if self.index is None:
             raise RuntimeError("nothing to save: no defect exemplars")
-        meta = {"format": DEFECTS_FORMAT, "format_version": DEFECTS_FORMAT_VERSION, "product": self.product,
+        meta = {"format": self.STORE_FORMAT, "format_version": DEFECTS_FORMAT_VERSION, "product": self.product,
                 "backbone": self.backbone.model_dump(mode="json"),
                 "crop_fraction": EXEMPLAR_CROP_FRACTION, "crop_side": EXEMPLAR_CROP_SIDE,
                 "labels": self.labels, "ids": self.ids}
@@ -319,14 +328,40 @@ class DefectExemplars:
 
     @classmethod
     def load(cls, directory: str | Path, extractor: FeatureExtractor | None = None) -> "DefectExemplars":
-        meta, descriptors, index = read_store(directory, DEFECTS_FILES, DEFECTS_FORMAT, DEFECTS_FORMAT_VERSION,
-                                              "defect exemplar library")
+        meta, descriptors, index = read_store(directory, DEFECTS_FILES, cls.STORE_FORMAT, DEFECTS_FORMAT_VERSION,
+                                              "exemplar library")
         if len(meta["labels"]) != len(descriptors):
             raise BankFormatError(f"{directory}: {len(descriptors)} descriptors for {len(meta['labels'])} labels")
         exemplars = cls(meta["product"], BackboneConfig.model_validate(meta["backbone"]), extractor)
         exemplars.labels, exemplars.ids = list(meta["labels"]), list(meta["ids"])
         exemplars.descriptors, exemplars.index = descriptors, index
         return exemplars
+
+
+class ProductExemplars(DefectExemplars):
+    """Normal images of every known product, labelled by product: which product a frame shows.
+
+    The same pretrained descriptor as the defect exemplars, of the whole frame: the tiny JUDO's
+    from-scratch vision tower names the product of 12 of 30 training images (10 products), where
+    its nearest normal images name it almost always. A new product is known as soon as its normal
+    images are, with no training.
+    """
+
+    STORE_FORMAT = "judo-product-exemplars"
+
+    @classmethod
+    def build_products(cls, frames: Sequence[Frame], products: Sequence[str], ids: Sequence[str],
+                       extractor: FeatureExtractor, batch_size: int = 32) -> "ProductExemplars":
+        if not (len(frames) == len(products) == len(ids)) or not products:
+            raise ValueError(f"need as many (>0) frames, products and ids; got {len(frames)}, {len(products)}, {len(ids)}")
+        exemplars = cls("*", extractor.config, extractor)
+        exemplars._index(np.concatenate([exemplars.describe(frames[i:i + batch_size])
+                                         for i in range(0, len(frames), batch_size)]), products, ids)
+        return exemplars
+
+    def product_of(self, frame: Frame) -> str | None:
+        """The product a frame looks like (None if the library is empty)."""
+        return self.vote(self.describe([frame]))[0] if self.labels else None
 
 
 # --- Ray actor ------------------------------------------------------------------------

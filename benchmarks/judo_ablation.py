@@ -89,6 +89,12 @@ ROWS = {
     "typed-notes": ("the recipe of row spaced-answers with Stage 0 notes 85 % above the threshold and 95 % of those "
                     "naming a type (74 % and 80 % before), so that the type copy forms (shipped checkpoint since this row)",
                     None),
+    "products": ("row typed-notes with the note also naming the known product the image looks most like (a vote "
+                 "of pretrained whole-image descriptors of every product's normal images; --product-note yes), "
+                 "Stages 1 and 2 rerun from its Stage 0, which never saw a product line (not shipped)", None),
+    "note-questions": ("row products with its Stage 0 resumed for 600 steps on notes naming a product, half of "
+                       "them followed by one MMAD question the note answers (--note-question-share 0.5), then "
+                       "Stages 1 and 2 (not shipped: 3 100 Stage 0 steps do not fit make train's hour)", None),
 }
 SUBSETS = {"test": ("mmad.json", 1), "heldout": ("mmad_heldout.json", 2), "verdicts": ("mmad.json", 4)}
 #: How the answerer picks an option (``judo eval mmad --mode``): the letter its generated answer
@@ -210,7 +216,7 @@ def cmd_verdicts(args) -> None:
         _, parsed = judo.generate(item.template_paths(1)[0], item.image_path, max_new_tokens=64)
         correct += parsed.defect is (not item.is_normal)
         if parsed.defect:
-            anomaly_map, threshold, hint = judo.evidence(item.image_path, load_image(item.image_path))
+            anomaly_map, threshold, hint, _ = judo.evidence(item.image_path, load_image(item.image_path))
             said_defect += 1
             same_box += bool(parsed.boxes) and parsed.boxes[0] == hottest_boxes(anomaly_map, threshold)[0]
             hinted += hint is not None

@@ -93,6 +93,71 @@ def test_note_reading_shares_of_defects_and_hints_follow_the_recipe(examples):
         NoteReadingSampler(titles, hint_share=1.5)
 
 
+def test_notes_naming_a_product_ask_questions_the_note_answers(examples):
+    """With the recipe's product_note, a note names a product and one of its defect types, and
+    some notes carry one MMAD question whose right option the note (and the knowledge) gives."""
+    import re
+
+    from judo_model.data.knowledge import category_facts
+    from judo_model.training.data import defect_titles
+    from judo_model.training.note_reading import NoteReadingSampler
+
+    sampler = NoteReadingSampler(defect_titles(examples), seed=2, categories=CATEGORIES, question_share=0.6)
+    products = {category_facts(c).display_name: category_facts(c) for c in CATEGORIES}
+    asked = {}
+    for prompt, target in sampler.batch(300):
+        text = prompt.messages[0]["content"][-1]["text"]
+        note = re.search(r"\((above|below)\).*?(?: Nearest labelled defect: ([^.]+)\.)? Nearest known product: "
+                         r"([^.]+)\.", text)
+        assert note, text
+        facts = products[note.group(3)]
+        if note.group(2):
+            assert note.group(2) in {d.title for d in facts.defects.values()}, "the type is one of the product's"
+        parsed = parse_output(target)
+        assert parsed.ok and parsed.defect is (note.group(1) == "above")
+        question = re.search(r"Question 1: (.+)", text)
+        if not question:
+            assert parsed.answers == ()
+            continue
+        asked[question.group(1)] = asked.get(question.group(1), 0) + 1
+        options = dict(re.findall(r"^([A-D]): (.+)$", text, re.M))
+        assert parsed.answers[0] in options.values()
+        if "kind of product" in question.group(1):
+            assert parsed.answers[0] == note.group(3)
+        elif "Is there any defect" in question.group(1):
+            assert parsed.answers[0] == ("Yes." if parsed.defect else "No.")
+        elif "appearance" in question.group(1):
+            assert parsed.answers[0] in {d.appearance for d in facts.defects.values() if d.title == note.group(2)}
+    assert 120 <= sum(asked.values()) <= 240 and len(asked) == 6, asked
+    with pytest.raises(ValueError, match="categories"):
+        NoteReadingSampler(defect_titles(examples), question_share=0.5)
+
+
+def test_the_product_line_is_shown_only_to_checkpoints_trained_with_it(data_dir):
+    from judo_model.imaging import load_image
+    from judo_model.training.evidence import load_evidence
+
+    evidence = load_evidence(data_dir)
+    manifest = json.loads((data_dir / "splits.json").read_text())
+    key = next(e["key"] for e in manifest["images"] if e["split"] == "test")
+    query = load_image(data_dir / key)
+    assert "Nearest known product" not in evidence.inputs(key, query).note
+    assert evidence.inputs(key, query, with_product=True).note.endswith(
+        f"Nearest known product: {evidence.products[key]}.")
+
+    from dataclasses import asdict
+
+    from judo_model.training.pipeline import TRAINING_FILE, prompt_options, prompt_options_of
+    from judo_model.training.recipe import Recipe
+
+    for product_note in (False, True):
+        checkpoint = data_dir / f"log-{product_note}"
+        checkpoint.mkdir(exist_ok=True)
+        (checkpoint / TRAINING_FILE).write_text(json.dumps({"recipe": asdict(Recipe(product_note=product_note))}))
+        assert prompt_options_of(checkpoint).product_note is product_note
+        assert prompt_options(Recipe(product_note=product_note), True).product_note is product_note
+
+
 def test_stage_batches_replay_notes_and_can_name_the_notes_type(data_dir, examples):
     from judo_model.training.data import PromptOptions, defect_titles
     from judo_model.training.evidence import load_evidence
@@ -240,6 +305,33 @@ def test_training_images_are_labelled_by_the_other_defect_exemplars(data_dir):
         assert all(evidence.hints[key] in library.labels for key in tests), "every test image gets a hint"
 
 
+def test_products_are_named_by_the_nearest_normal_images_of_every_known_product(data_dir):
+    """The product library holds every category's normal training images; each image's product
+    comes from the others (leave one out), one training image in HINT_DROPOUT is shown without
+    it, and the library reloads to name a new image's product the same way."""
+    import zlib
+
+    from actors.references import ProductExemplars
+    from judo_model.data.knowledge import product_title
+    from judo_model.imaging import load_image
+    from judo_model.training.evidence import HINT_DROPOUT, PRODUCTS_FOLDER, evidence_dir, load_evidence
+
+    evidence = load_evidence(data_dir)
+    manifest = json.loads((data_dir / "splits.json").read_text())
+    library = ProductExemplars.load(evidence_dir(data_dir) / PRODUCTS_FOLDER)
+    normal_train = [e for e in manifest["images"] if e["split"] == "train" and e["label"] == "good"]
+    assert sorted(library.ids) == sorted(e["key"] for e in normal_train)
+    assert set(library.labels) == {product_title(category) for category in CATEGORIES}
+    for entry in normal_train:
+        if zlib.crc32(f"product:{entry['key']}".encode()) % HINT_DROPOUT == 0:
+            assert entry["key"] not in evidence.products
+    tests = [e for e in manifest["images"] if e["split"] == "test"]
+    right = sum(evidence.products[e["key"]] == product_title(e["category"]) for e in tests)
+    assert right >= 0.9 * len(tests), f"pretrained features name the product of {right} of {len(tests)} test images"
+    probe = tests[0]
+    assert library.product_of(load_image(data_dir / probe["key"])) == evidence.products[probe["key"]]
+
+
 def test_evidence_note_states_the_score_and_the_hottest_box():
     from judo_model.training.evidence import evidence_note, hottest_boxes, refine_region
 
@@ -252,6 +344,8 @@ def test_evidence_note_states_the_score_and_the_hottest_box():
     assert evidence_note(anomaly_map * 0.1, 2.0).startswith("Prefilter: anomaly score 0.2 x threshold (below)")
     assert evidence_note(anomaly_map, 2.0, "Broken Thread").endswith(
         "hottest at [550, 250, 600, 300]. Nearest labelled defect: Broken Thread.")
+    with_product = evidence_note(anomaly_map, 2.0, "Broken Thread", "woven fabric")
+    assert with_product == evidence_note(anomaly_map, 2.0, "Broken Thread") + " Nearest known product: woven fabric."
     region = refine_region([(450, 100, 800, 500)], 100, 200, anomaly_map)
     assert region.sum() == 20 * 50 and region[20:40, 100:150].all()
 
@@ -310,6 +404,8 @@ def test_eval_mmad_cli_fits_banks_on_the_templates_of_any_mmad_folder(smoke_chec
     first = next(iter(MMADDataset(plain, "mmad.json")))
     banks = list((tmp_path / "cache" / "mmad-banks").glob(f"*/{first.dataset}/{first.category}/bank.json"))
     assert banks, "a bank was fitted on the folder's normal templates"
+    products = list((tmp_path / "cache" / "mmad-banks").glob("*/products/descriptors.npy"))
+    assert products, "the product library was built on the folder's normal templates"
     rows = json.loads(answers.read_text())
     assert rows and all(r["question_type"] for r in rows)
     grounding = json.loads(answers.with_name(answers.stem + "_grounding.json").read_text())

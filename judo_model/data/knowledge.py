@@ -272,6 +272,12 @@ def defect_title(category: str, label: str) -> str:
     return defects[label].title if label in defects else label.replace("_", " ").strip()
 
 
+def product_title(category: str) -> str:
+    """The name a product goes by in answers: its display name where the knowledge base knows the
+    category (``fabric`` -> ``woven fabric``), else the folder name in words."""
+    return CATEGORY_FACTS[category].display_name if category in CATEGORY_FACTS else category.replace("_", " ").strip()
+
+
 def category_facts(category: str) -> CategoryFacts:
     try:
         return CATEGORY_FACTS[category]

@@ -115,11 +115,20 @@ def defect_questions(facts: CategoryFacts, defect: str, mask: np.ndarray, rng: n
     ]
 
 
+def object_classification(facts: CategoryFacts, rng: np.random.Generator, balancer: LetterBalancer) -> MMADQuestion:
+    """Which product: the category's display name among three other products'."""
+    return balancer.ask(OBJECT_QUESTION, "Object Classification", facts.display_name,
+                        _pick(rng, [f.display_name for f in _other_categories(facts)], N_CHOICES - 1))
+
+
+def anomaly_detection(defect: bool, balancer: LetterBalancer) -> MMADQuestion:
+    return balancer.ask(ANOMALY_QUESTION, "Anomaly Detection", "Yes." if defect else "No.", ["No." if defect else "Yes."])
+
+
 def object_questions(facts: CategoryFacts, attributes: dict[str, str], rng: np.random.Generator,
                      balancer: LetterBalancer) -> list[MMADQuestion]:
     """Object Classification plus the category's Object Structure / Object Details questions."""
-    questions = [balancer.ask(OBJECT_QUESTION, "Object Classification", facts.display_name,
-                              _pick(rng, [f.display_name for f in _other_categories(facts)], N_CHOICES - 1))]
+    questions = [object_classification(facts, rng, balancer)]
     for item in facts.object_questions:
         correct = attributes[item.attribute] if item.attribute else item.answer
         if correct is None:
@@ -134,8 +143,7 @@ def build_conversation(category: str, defect: str | None, mask: np.ndarray | Non
                        rng: np.random.Generator, balancer: LetterBalancer) -> list[MMADQuestion]:
     """The full MMAD conversation for one image: Anomaly Detection first, as MMAD asks it first."""
     facts = category_facts(category)
-    conversation = [balancer.ask(ANOMALY_QUESTION, "Anomaly Detection", "Yes." if defect else "No.",
-                                 ["No." if defect else "Yes."])]
+    conversation = [anomaly_detection(defect is not None, balancer)]
     if defect is not None:
         if mask is None or not mask.any():
             raise ValueError(f"defective {category}/{defect} image needs a non-empty mask")

@@ -44,11 +44,13 @@ class JuxtaposedJudo:
         self.cache = cache
         self.banks = banks
 
-    def evidence(self, query_path, query: np.ndarray) -> tuple[np.ndarray, float, str | None]:
-        """The query's anomaly map, its category's threshold and defect hint (cache first, then the saved bank)."""
+    def evidence(self, query_path, query: np.ndarray) -> tuple[np.ndarray, float, str | None, str | None]:
+        """The query's anomaly map, its category's threshold, defect hint and nearest product (cache
+        first, then the saved bank)."""
         key = image_key(query_path) if isinstance(query_path, (str, Path)) else None
         if self.cache is not None and key in self.cache.keys:
-            return self.cache.anomaly_map(key), self.cache.threshold(key), self.cache.hints.get(key)
+            return (self.cache.anomaly_map(key), self.cache.threshold(key), self.cache.hints.get(key),
+                    self.cache.products.get(key))
         if self.banks is not None and key is not None:
             return self.banks.evidence(key, query)
         raise ValueError(f"no evidence for {query_path}: not in the cache and no bank for its category")
@@ -57,8 +59,9 @@ class JuxtaposedJudo:
         query = _pixels(query_image)
         evidence = None
         if self.options.evidence_route:
-            anomaly_map, threshold, hint = self.evidence(query_image, query)
-            evidence = evidence_inputs(query, anomaly_map, threshold, self.options.evidence_route, hint)
+            anomaly_map, threshold, hint, product = self.evidence(query_image, query)
+            evidence = evidence_inputs(query, anomaly_map, threshold, self.options.evidence_route, hint,
+                                       product if self.options.product_note else None)
         reference = shown(_pixels(reference_image)) if reference_image is not None and self.options.reference else None
         return dict(reference_image=reference, query_image=shown(query),
                     evidence_image=evidence.image if evidence else None,
@@ -108,7 +111,7 @@ def mmad_templates(data_dir: str | Path, questions_file: str = "mmad.json"):
                      *item.template_paths(len(item.record.similar_templates), similar=True)):
             if path not in paths:
                 paths.append(path)
-    return lambda name: by_category.get(name, [])
+    return by_category
 
 
 def template_banks_dir(data_dir: str | Path) -> Path:

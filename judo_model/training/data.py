@@ -202,10 +202,12 @@ class PromptOptions:
     evidence_route: str | None = DEFAULT_ROUTE
     domain_knowledge_prob: float = 0.0
     knowledge: dict = field(default_factory=dict)
+    #: the evidence note also names the known product the image looks most like
+    product_note: bool = False
 
     def describe(self) -> dict:
         return {"reference": self.reference, "evidence_route": self.evidence_route,
-                "domain_knowledge_prob": self.domain_knowledge_prob}
+                "domain_knowledge_prob": self.domain_knowledge_prob, "product_note": self.product_note}
 
 
 def knowledge_text(root: str | Path, category: str) -> str | None:
@@ -228,7 +230,7 @@ def example_prompt(example: Example, options: PromptOptions, evidence: EvidenceC
     if options.evidence_route:
         if evidence is None:
             raise ValueError("this stage needs cached evidence maps (run prepare_evidence first)")
-        evidence_shown = evidence.inputs(example.key, query, options.evidence_route)
+        evidence_shown = evidence.inputs(example.key, query, options.evidence_route, options.product_note)
     if use_knowledge is None:
         use_knowledge = rng is not None and rng.random() < options.domain_knowledge_prob
     knowledge = knowledge_text(example.root, example.category) if use_knowledge else None

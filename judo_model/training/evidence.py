@@ -59,10 +59,13 @@ MAX_SCORE_RATIO = 9.9  # score / threshold is written with one decimal, capped h
 NOTE_FORMAT = "Prefilter: anomaly score {ratio:.1f} x threshold ({side}), hottest at {box}."
 HINT_FORMAT = " Nearest labelled defect: {label}."
 HINT_DROPOUT = 5  # one training image in this many is shown without the defect hint
-EVIDENCE_VERSION = 4  # 2: labelled-defect hints in the index; 3: hints by their answer names; 4: exemplar format 2
+PRODUCT_FORMAT = " Nearest known product: {name}."
+#: 2: labelled-defect hints in the index; 3: hints by their answer names; 4: exemplar format 2; 5: products
+EVIDENCE_VERSION = 5
 MAPS_FILE = "maps.npz"
 INDEX_FILE = "index.json"
 BANKS_FOLDER = "banks"
+PRODUCTS_FOLDER = "products"
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,8 @@ class EvidenceCache:
     hints: dict[str, str]
     #: per category, the types of its labelled defect examples (categories without any: absent)
     defect_types: dict[str, list[str]] = field(default_factory=dict)
+    #: per image, the known product its whole look is nearest to
+    products: dict[str, str] = field(default_factory=dict)
 
     def anomaly_map(self, key: str) -> np.ndarray:
         return self.maps[self.keys[key]].astype(np.float32)
@@ -86,8 +91,10 @@ class EvidenceCache:
         """The labelled defect types of the product of ``key`` (None: its category has no library)."""
         return self.defect_types.get(key.split("/")[1])
 
-    def inputs(self, key: str, query: np.ndarray, route: str = DEFAULT_ROUTE) -> "EvidenceInputs":
-        return evidence_inputs(query, self.anomaly_map(key), self.threshold(key), route, self.hints.get(key))
+    def inputs(self, key: str, query: np.ndarray, route: str = DEFAULT_ROUTE,
+               with_product: bool = False) -> "EvidenceInputs":
+        return evidence_inputs(query, self.anomaly_map(key), self.threshold(key), route, self.hints.get(key),
+                               self.products.get(key) if with_product else None)
 
 
 @dataclass(frozen=True)
@@ -143,11 +150,13 @@ def hottest_boxes(anomaly_map: np.ndarray, threshold: float, count: int = 1) -> 
     return largest_boxes(hot, count)
 
 
-def evidence_note(anomaly_map: np.ndarray, threshold: float, defect_hint: str | None = None) -> str:
+def evidence_note(anomaly_map: np.ndarray, threshold: float, defect_hint: str | None = None,
+                  product: str | None = None) -> str:
     """The prefilter's evidence in words: score / threshold, above or below it, the hottest
-    region's box and, when given, the labelled defect the anomaly looks most like."""
+    region's box and, when given, the labelled defect the anomaly looks most like and the known
+    product the image looks most like."""
     score = float(np.max(anomaly_map)) / max(threshold, 1e-6)
-    return format_note(score, hottest_boxes(anomaly_map, threshold)[0], defect_hint)
+    return format_note(score, hottest_boxes(anomaly_map, threshold)[0], defect_hint, product)
 
 
 def note_says_above(score_ratio: float) -> bool:
@@ -155,11 +164,13 @@ def note_says_above(score_ratio: float) -> bool:
     return score_ratio > 1.0
 
 
-def format_note(score_ratio: float, box: Box, defect_hint: str | None = None) -> str:
-    """The note's words for a score / threshold ratio, a hottest box and an optional defect hint."""
+def format_note(score_ratio: float, box: Box, defect_hint: str | None = None, product: str | None = None) -> str:
+    """The note's words for a score / threshold ratio, a hottest box, an optional defect hint and
+    an optional product (last, so that Stage 0's notes are a prefix of the full note)."""
     side = "above" if note_says_above(score_ratio) else "below"
     note = NOTE_FORMAT.format(ratio=min(score_ratio, MAX_SCORE_RATIO), side=side, box=list(box))
-    return note + HINT_FORMAT.format(label=defect_hint) if defect_hint else note
+    note += HINT_FORMAT.format(label=defect_hint) if defect_hint else ""
+    return note + PRODUCT_FORMAT.format(name=product) if product else note
 
 
 def route_shows_note(route: str | None) -> bool:
@@ -168,12 +179,13 @@ def route_shows_note(route: str | None) -> bool:
 
 
 def evidence_inputs(query: np.ndarray, anomaly_map: np.ndarray, threshold: float,
-                    route: str | None = DEFAULT_ROUTE, defect_hint: str | None = None) -> EvidenceInputs:
+                    route: str | None = DEFAULT_ROUTE, defect_hint: str | None = None,
+                    product: str | None = None) -> EvidenceInputs:
     """The evidence image (and note, for ``*_text`` routes) of one query; nothing if ``route`` is None."""
     if not route:
         return EvidenceInputs()
     image_route = route.removesuffix(NOTE_SUFFIX)
-    note = evidence_note(anomaly_map, threshold, defect_hint) if route_shows_note(route) else None
+    note = evidence_note(anomaly_map, threshold, defect_hint, product) if route_shows_note(route) else None
     return EvidenceInputs(render_evidence(query, anomaly_map, threshold, image_route), note)
 
 
@@ -276,10 +288,36 @@ def prepare_evidence(data_dir: str | Path, progress=lambda category: None, force
         for key, amap in maps.items():
             keys.append(key)
             arrays.append(amap.astype(np.float16))
+    products = _product_names(root, manifest["images"], extractor, out)
     np.savez_compressed(out / MAPS_FILE, maps=np.stack(arrays))
     (out / INDEX_FILE).write_text(json.dumps({"version": EVIDENCE_VERSION, "keys": keys, "thresholds": thresholds,
-                                              "hints": hints}, indent=1))
+                                              "hints": hints, "products": products}, indent=1))
     return out
+
+
+def _product_names(root: Path, entries: Sequence[dict], extractor, out: Path) -> dict[str, str]:
+    """Build the product library from every category's normal training images (saved as
+    ``products/``) and name every image's product by it: members leave themselves out; no name for
+    the training images :data:`HINT_DROPOUT` picks (another draw than the hint's)."""
+    import zlib
+
+    from actors.references import ProductExemplars
+    from judo_model.data.knowledge import product_title
+
+    library = [e for e in entries if e["split"] == "train" and e["label"] == "good"]
+    exemplars = ProductExemplars.build_products([load_image(root / e["key"]) for e in library],
+                                                [product_title(e["category"]) for e in library],
+                                                [e["key"] for e in library], extractor)
+    exemplars.save(out / PRODUCTS_FOLDER)
+    member = {e["key"]: i for i, e in enumerate(library)}
+    named = dict(zip(member, exemplars.vote(exemplars.descriptors, exclude=list(member.values()))))
+    others = [e["key"] for e in entries if e["key"] not in member]
+    for start in range(0, len(others), 32):
+        chunk = others[start:start + 32]
+        named.update(zip(chunk, exemplars.vote(exemplars.describe([load_image(root / key) for key in chunk]))))
+    split_of = {e["key"]: e["split"] for e in entries}
+    return {key: name for key, name in named.items()
+            if not (split_of[key] == "train" and zlib.crc32(f"product:{key}".encode()) % HINT_DROPOUT == 0)}
 
 
 def load_evidence(data_dir: str | Path) -> EvidenceCache:
@@ -287,7 +325,7 @@ def load_evidence(data_dir: str | Path) -> EvidenceCache:
     index = json.loads((out / INDEX_FILE).read_text())
     maps = np.load(out / MAPS_FILE)["maps"]
     return EvidenceCache({k: i for i, k in enumerate(index["keys"])}, maps, index["thresholds"], index.get("hints", {}),
-                         _library_types(out / BANKS_FOLDER, index["thresholds"]))
+                         _library_types(out / BANKS_FOLDER, index["thresholds"]), index.get("products", {}))
 
 
 def _library_types(banks_dir: Path, categories) -> dict[str, list[str]]:
@@ -306,14 +344,34 @@ class BankEvidence:
     saves them) or by ``<dataset>/<category>``. With ``templates`` (category key -> normal
     image paths, e.g. an MMAD folder's template images) a missing bank is fitted on them,
     calibrated k-fold, and saved, so any MMAD-format folder gets evidence without a test image
-    ever entering a bank.
+    ever entering a bank; the product library is built the same way from all their templates.
     """
 
-    def __init__(self, banks_dir: str | Path, templates=None):
+    def __init__(self, banks_dir: str | Path, templates: dict[str, list[Path]] | None = None):
         self.banks_dir = Path(banks_dir)
         self.templates = templates
         self._scorers: dict = {}
         self._exemplars: dict = {}
+        self._products = None
+
+    def products(self):
+        """The library of known products: ``prepare_evidence``'s beside the banks, else built on the templates."""
+        from actors.references import ProductExemplars
+        from judo_model.data.knowledge import product_title
+
+        if self._products is None:
+            folder = self.banks_dir.parent / PRODUCTS_FOLDER if self.templates is None \
+                else self.banks_dir / PRODUCTS_FOLDER
+            if not folder.is_dir() and self.templates:
+                from actors.features import BackboneConfig, FeatureExtractor
+
+                named = [(path, name) for name, paths in self.templates.items() for path in paths]
+                ProductExemplars.build_products([load_image(path) for path, _ in named],
+                                                [product_title(name.split("/")[-1]) for _, name in named],
+                                                [str(path) for path, _ in named],
+                                                FeatureExtractor(BackboneConfig(threads=1))).save(folder)
+            self._products = ProductExemplars.load(folder) if folder.is_dir() else False
+        return self._products or None
 
     def scorer(self, name: str):
         from actors.prefilter import BANK_META, PrefilterScorer
@@ -321,7 +379,7 @@ class BankEvidence:
         if name not in self._scorers:
             folder = self.banks_dir / name
             if not (folder / BANK_META).is_file():
-                paths = list(self.templates(name)) if self.templates is not None else []
+                paths = list(self.templates.get(name, [])) if self.templates is not None else []
                 if not paths:
                     raise ValueError(f"no prefilter bank in {folder} and no normal templates to fit one on")
                 PrefilterScorer.fit([load_image(p) for p in paths], product=name).save(folder)
@@ -347,12 +405,14 @@ class BankEvidence:
         exemplars = self.exemplars(self._name(key))
         return exemplars.types if exemplars is not None else None
 
-    def evidence(self, key: str, query: np.ndarray) -> tuple[np.ndarray, float, str | None]:
-        """The anomaly map of the image at ``key`` (``<dataset>/<category>/...``), the bank's threshold
-        and the labelled defect the anomaly looks most like (None without exemplars)."""
+    def evidence(self, key: str, query: np.ndarray) -> tuple[np.ndarray, float, str | None, str | None]:
+        """The anomaly map of the image at ``key`` (``<dataset>/<category>/...``), the bank's threshold,
+        the labelled defect the anomaly looks most like (None without exemplars) and the known
+        product the image looks most like (None without a product library)."""
         name = self._name(key)
         scorer = self.scorer(name)
         anomaly_map = scorer.bank.score([query]).anomaly_map(0)
         exemplars = self.exemplars(name)
         hint = exemplars.label_of(query, anomaly_map) if exemplars is not None else None
-        return anomaly_map, float(scorer.threshold), hint
+        products = self.products()
+        return anomaly_map, float(scorer.threshold), hint, products.product_of(query) if products else None

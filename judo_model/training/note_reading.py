@@ -7,6 +7,12 @@ its pixels instead. So before Stage 1 it reads random notes, in exactly the word
 layout of the real prompt minus the images, and writes the contract that follows them:
 above the threshold a defect of the hinted type in the note's box, below it no defect.
 Stage 1 then teaches when the images should overrule the note.
+
+With ``categories`` (the recipe's ``product_note``) a note also names a product, its hint is
+one of that product's defect types, and a share of notes carries one MMAD question the note
+answers: the product (Object Classification), above or below (Anomaly Detection), the type,
+the box's region, and the type's appearance and consequence for that product (Defect
+Description / Analysis: knowledge the model has to recall, not copy).
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+import numpy as np
+
 from judo_model.output import BOX_STEP, COORDINATE_SCALE, boxes_to_mask, format_target
-from judo_model.prompting import JudoPrompt, image_introductions, task_text
+from judo_model.prompting import JudoPrompt, Question, image_introductions, task_text
 from judo_model.training.data import reasoning_for
 from judo_model.training.evidence import MAX_SCORE_RATIO, format_note, note_says_above
 
@@ -33,14 +41,19 @@ class NoteReadingSampler:
     """Random evidence notes and the contract a reader of the note alone would write."""
 
     def __init__(self, defect_titles: Sequence[str], seed: int = 0, *, above_share: float = ABOVE_SHARE,
-                 hint_share: float = HINT_SHARE):
+                 hint_share: float = HINT_SHARE, categories: Sequence[str] | None = None,
+                 question_share: float = 0.0):
         if not defect_titles:
             raise ValueError("note reading needs the defect titles of the training data")
-        for name, share in (("above_share", above_share), ("hint_share", hint_share)):
+        for name, share in (("above_share", above_share), ("hint_share", hint_share),
+                            ("question_share", question_share)):
             if not 0.0 <= share <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1], got {share}")
+        if question_share and not categories:
+            raise ValueError("questions about a note need the categories its products come from")
         self.titles = sorted(set(defect_titles))
-        self.above_share, self.hint_share = above_share, hint_share
+        self.categories = sorted(categories) if categories else None
+        self.above_share, self.hint_share, self.question_share = above_share, hint_share, question_share
         self.rng = random.Random(seed)
 
     def _ratio(self) -> float:
@@ -61,17 +74,45 @@ class NoteReadingSampler:
         return x1, y1, x2, y2
 
     def __call__(self) -> tuple[JudoPrompt, str]:
+        if self.categories:
+            return self._with_product()
         ratio = self._ratio()
         box = self._box()
         title = self.rng.choice(self.titles) if self.rng.random() < self.hint_share else None
-        note = format_note(ratio, box, title)
+        return self._pair(ratio, box, title, format_note(ratio, box, title))
+
+    def _pair(self, ratio: float, box, title: str | None, note: str, questions: Sequence[Question] = (),
+              answers: Sequence[str] = ()) -> tuple[JudoPrompt, str]:
         content = image_introductions(ROLES, with_images=False)
-        content.append({"type": "text", "text": task_text(ROLES, evidence_note=note)})
+        content.append({"type": "text", "text": task_text(ROLES, evidence_note=note, questions=questions or None)})
         prompt = JudoPrompt(messages=[{"role": "user", "content": content}], images=[], image_roles=())
         if not note_says_above(ratio):
-            return prompt, format_target(reasoning=reasoning_for(None), defect=False)
+            return prompt, format_target(reasoning=reasoning_for(None), defect=False, answers=answers)
         return prompt, format_target(reasoning=reasoning_for(boxes_to_mask([box], 100, 100)), defect=True,
-                                     defect_type=title, boxes=[box])
+                                     defect_type=title, boxes=[box], answers=answers)
+
+    def _with_product(self) -> tuple[JudoPrompt, str]:
+        """A note naming a product (and one of its defect types), perhaps with one question it answers."""
+        from judo_model.data.knowledge import category_facts
+        from judo_model.data.questions import (LetterBalancer, anomaly_detection, defect_questions,
+                                               object_classification)
+
+        ratio, box = self._ratio(), self._box()
+        facts = category_facts(self.rng.choice(self.categories))
+        defect = self.rng.choice(sorted(facts.defects))
+        title = facts.defects[defect].title if self.rng.random() < self.hint_share else None
+        note = format_note(ratio, box, title, facts.display_name)
+        if self.rng.random() >= self.question_share:
+            return self._pair(ratio, box, title, note)
+        rng = np.random.default_rng(self.rng.randrange(2 ** 32))
+        balancer = LetterBalancer(rng)
+        above = note_says_above(ratio)
+        asked = [anomaly_detection(above, balancer), object_classification(facts, rng, balancer)]
+        if above and title:
+            asked += defect_questions(facts, defect, boxes_to_mask([box], 100, 100), rng, balancer)
+        question = asked[self.rng.randrange(len(asked))]
+        return self._pair(ratio, box, title, note, [Question(question.Question, dict(question.Options))],
+                          [question.Options[question.Answer]])
 
     def batch(self, size: int) -> list[tuple[JudoPrompt, str]]:
         return [self() for _ in range(size)]

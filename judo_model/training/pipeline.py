@@ -44,13 +44,15 @@ def read_training_log(checkpoint: str | Path) -> dict:
 
 def prompt_options(recipe: Recipe, with_knowledge: bool) -> PromptOptions:
     return PromptOptions(reference=recipe.reference, evidence_route=recipe.evidence_route,
-                         domain_knowledge_prob=recipe.domain_knowledge_prob if with_knowledge else 0.0)
+                         domain_knowledge_prob=recipe.domain_knowledge_prob if with_knowledge else 0.0,
+                         product_note=recipe.product_note)
 
 
 def prompt_options_of(checkpoint: str | Path) -> PromptOptions:
     """How a checkpoint was prompted in training (what inference must show it)."""
     recipe = read_training_log(checkpoint).get("recipe", {})
-    return PromptOptions(reference=recipe.get("reference", True), evidence_route=recipe.get("evidence_route"))
+    return PromptOptions(reference=recipe.get("reference", True), evidence_route=recipe.get("evidence_route"),
+                         product_note=recipe.get("product_note", False))
 
 
 def _build_model(data_dir: Path, seed: int):
@@ -120,7 +122,9 @@ def train(data_dir: str | Path, out_dir: str | Path, stage: str = "all", recipe:
 
     def notes_sampler(seed: int) -> NoteReadingSampler:
         return NoteReadingSampler(defect_titles(examples), seed=seed, above_share=recipe.note_above_share,
-                                  hint_share=recipe.note_hint_share)
+                                  hint_share=recipe.note_hint_share,
+                                  categories=sorted({e.category for e in examples}) if recipe.product_note else None,
+                                  question_share=recipe.note_question_share)
 
     def replayed_notes(seed: int) -> NoteReadingSampler | None:
         """Stage 0 notes to mix into a later stage (its own seed, so single-stage runs draw the same)."""

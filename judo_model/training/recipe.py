@@ -35,5 +35,9 @@ class Recipe:
     sft_note_replay: float = 0.0
     type_from_note: bool = True
     answer_type_from_note: bool = True
+    #: the evidence note names the known product the image looks most like (Stage 0 notes too)
+    product_note: bool = False
+    #: share of Stage 0 notes followed by one MMAD question the note answers (needs product_note)
+    note_question_share: float = 0.0
     seed: int = 0
     threads: int = 1
