@@ -48,6 +48,7 @@ class JudoFrameRequest:
 def prompt_inputs(request: JudoFrameRequest, options) -> dict:
     """``build_prompt`` keyword arguments showing the request as the checkpoint saw its training
     prompts (``options`` from :func:`judo_model.training.pipeline.prompt_options_of`)."""
+    from judo_model.data.knowledge import product_title
     from judo_model.training.data import shown
     from judo_model.training.evidence import EvidenceInputs, evidence_inputs
 
@@ -55,7 +56,7 @@ def prompt_inputs(request: JudoFrameRequest, options) -> dict:
     evidence = EvidenceInputs()
     if options.evidence_route and request.anomaly_map is not None:
         evidence = evidence_inputs(request.query, request.anomaly_map, request.threshold, options.evidence_route,
-                                   request.defect_hint)
+                                   request.defect_hint, product_title(request.product) if options.product_note else None)
     return dict(reference_image=reference, query_image=shown(request.query), evidence_image=evidence.image,
                 evidence_note=evidence.note, questions=request.questions)
 

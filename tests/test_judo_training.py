@@ -421,6 +421,15 @@ def test_cli_runs_single_stages(data_dir, smoke_checkpoint, tmp_path):
                  "--evidence-route", "none", "--out", str(tmp_path / "sft")]) == 0
     with pytest.raises(ValueError, match="init"):
         main([*base, "--stage", "grpo", "--out", str(tmp_path / "grpo")])
+    product = ["--product-note", "yes", "--note-question-share", "1.0", "--note-plain-steps", "1"]
+    assert main([*base, "--stage", "note", "--note-steps", "2", "--note-batch-size", "2", *product,
+                 "--out", str(tmp_path / "note")]) == 0
+    assert main([*base, "--stage", "seg", "--seg-steps", "1", "--init", str(tmp_path / "note"), *product,
+                 "--out", str(tmp_path / "seg-product")]) == 0
+    from judo_model.training.pipeline import prompt_options_of, read_training_log
+
+    assert prompt_options_of(tmp_path / "seg-product").product_note
+    assert [s["stage"] for s in read_training_log(tmp_path / "seg-product")["stages"]] == ["note", "seg"]
 
 
 def test_defect_titles_are_the_names_answers_use():

@@ -8,6 +8,7 @@ of the loss / reward curves.
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import time
@@ -120,11 +121,19 @@ def train(data_dir: str | Path, out_dir: str | Path, stage: str = "all", recipe:
     stage_dir = out_dir / "stages" if stage == "all" else None
     reads_notes = route_shows_note(recipe.evidence_route)
 
-    def notes_sampler(seed: int) -> NoteReadingSampler:
+    def notes_sampler(seed: int, plain: bool = False) -> NoteReadingSampler:
+        with_products = recipe.product_note and not plain
         return NoteReadingSampler(defect_titles(examples), seed=seed, above_share=recipe.note_above_share,
                                   hint_share=recipe.note_hint_share,
-                                  categories=sorted({e.category for e in examples}) if recipe.product_note else None,
-                                  question_share=recipe.note_question_share)
+                                  categories=sorted({e.category for e in examples}) if with_products else None,
+                                  question_share=recipe.note_question_share if with_products else 0.0)
+
+    def stage0_draw(seed: int):
+        """Stage 0's batches: plain notes for ``note_plain_steps`` steps, then the recipe's notes."""
+        if not (recipe.product_note and recipe.note_plain_steps > 0):
+            return notes_sampler(seed).batch
+        plain, full, drawn = notes_sampler(seed, plain=True), notes_sampler(seed + 1), itertools.count()
+        return lambda size: (plain if next(drawn) < recipe.note_plain_steps else full).batch(size)
 
     def replayed_notes(seed: int) -> NoteReadingSampler | None:
         """Stage 0 notes to mix into a later stage (its own seed, so single-stage runs draw the same)."""
@@ -136,10 +145,9 @@ def train(data_dir: str | Path, out_dir: str | Path, stage: str = "all", recipe:
             if not reads_notes or recipe.note_steps <= 0:
                 print("note: skipped (the prompts carry no evidence note)")
                 continue
-            sampler = notes_sampler(recipe.seed)
             config = SFTConfig(recipe.note_steps, recipe.note_batch_size, recipe.note_lr, seed=recipe.seed,
                                min_lr_ratio=1.0)  # constant: the copy circuit forms late (a phase change)
-            curve = train_on_pairs(model, processor, sampler.batch, config, "note", encoder=encoder)
+            curve = train_on_pairs(model, processor, stage0_draw(recipe.seed), config, "note", encoder=encoder)
         elif name == "seg":
             if not recipe.evidence_route:
                 print("seg: skipped (Stage 1 needs evidence; evidence_route is off)")
