@@ -87,14 +87,16 @@ ROWS = {
     "c-typed-notes": ("(c) for the shipped recipe: Stages 0 and 1 of row typed-notes, Stage 2 without domain "
                       "knowledge in any prompt (the step from c to d: what the knowledge in training adds)", None),
     "typed-notes": ("the recipe of row spaced-answers with Stage 0 notes 85 % above the threshold and 95 % of those "
-                    "naming a type (74 % and 80 % before), so that the type copy forms (shipped checkpoint since this row)",
-                    None),
+                    "naming a type (74 % and 80 % before), so that the type copy forms [previous shipped]", None),
     "products": ("row typed-notes with the note also naming the known product the image looks most like (a vote "
                  "of pretrained whole-image descriptors of every product's normal images; --product-note yes), "
                  "Stages 1 and 2 rerun from its Stage 0, which never saw a product line (not shipped)", None),
     "note-questions": ("row products with its Stage 0 resumed for 600 steps on notes naming a product, half of "
                        "them followed by one MMAD question the note answers (--note-question-share 0.5), then "
                        "Stages 1 and 2 (not shipped: 3 100 Stage 0 steps do not fit make train's hour)", None),
+    "product-questions": ("make train with the recipe of row note-questions fitted into the hour: Stage 0 2 300 "
+                          "steps, 1 700 on plain notes, then 600 naming a product, half with a question (shipped "
+                          "checkpoint since this row)", None),
 }
 SUBSETS = {"test": ("mmad.json", 1), "heldout": ("mmad_heldout.json", 2), "verdicts": ("mmad.json", 4)}
 #: How the answerer picks an option (``judo eval mmad --mode``): the letter its generated answer
@@ -248,17 +250,22 @@ NOTES_SEED = 1000
 
 
 def cmd_notes(args) -> None:
-    """How exactly a checkpoint repeats Stage 0's text-only notes (verdict, box, type), on fresh notes."""
+    """How exactly a checkpoint repeats Stage 0's text-only notes (verdict, box, type), on fresh notes
+    (naming a product where the checkpoint was trained on such notes, plus one question per note)."""
     import torch
 
     from judo_model.inference import JudoModel
     from judo_model.output import parse_output
     from judo_model.training.data import defect_titles, load_examples
     from judo_model.training.note_reading import NoteReadingSampler
+    from judo_model.training.pipeline import prompt_options_of
 
     torch.set_num_threads(args.threads)
     judo = JudoModel.load(args.checkpoint)
-    sampler = NoteReadingSampler(defect_titles(load_examples(args.data, "mmad_train.json")), seed=NOTES_SEED)
+    examples = load_examples(args.data, "mmad_train.json")
+    products = prompt_options_of(args.checkpoint).product_note
+    sampler = NoteReadingSampler(defect_titles(examples), seed=NOTES_SEED,
+                                 categories=sorted({e.category for e in examples}) if products else None)
     counts = {"notes": args.count, "verdict": 0, "above": 0, "box": 0, "hinted": 0, "type": 0}
     for prompt, target in sampler.batch(args.count):
         expected = parse_output(target)
@@ -271,9 +278,37 @@ def cmd_notes(args) -> None:
                 counts["hinted"] += 1
                 counts["type"] += written.defect_type == expected.defect_type
     result = {"name": args.name, "checkpoint": str(args.checkpoint), **counts}
+    if products:
+        result["questions"] = note_questions(judo, examples, args.count)
     print(json.dumps(result), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"notes_{args.name}.json").write_text(json.dumps(result, indent=1))
+
+
+def note_questions(judo, examples, count: int) -> dict[str, list[int]]:
+    """Per MMAD question type, [right, asked] over fresh notes naming a product, each with one
+    question the note answers (the answer decoded among the options, as the guided harness does)."""
+    from judo_model.data import questions as mmad
+    from judo_model.output import parse_output
+    from judo_model.training.data import defect_titles
+    from judo_model.training.note_reading import NoteReadingSampler
+
+    kinds = {mmad.ANOMALY_QUESTION: "Anomaly Detection", mmad.OBJECT_QUESTION: "Object Classification",
+             mmad.CLASSIFICATION_QUESTION: "Defect Classification", mmad.LOCALIZATION_QUESTION: "Defect Localization",
+             mmad.DESCRIPTION_QUESTION: "Defect Description", mmad.ANALYSIS_QUESTION: "Defect Analysis"}
+    sampler = NoteReadingSampler(defect_titles(examples), seed=NOTES_SEED, above_share=0.85, hint_share=0.95,
+                                 categories=sorted({e.category for e in examples}), question_share=1.0)
+    tally: dict[str, list[int]] = {}
+    for prompt, target in sampler.batch(count):
+        question = prompt.messages[0]["content"][-1]["text"].split("Question 1: ", 1)[1].split("\n")
+        options = [line.split(": ", 1)[1] for line in question[1:] if line[:3] in ("A: ", "B: ", "C: ", "D: ")]
+        _, written = judo.generate_from_prompt(prompt, max_new_tokens=160, answer_options=options)
+        kind = kinds.get(question[0], question[0])
+        right = tally.setdefault(kind, [0, 0])
+        right[0] += written.answers[:1] == parse_output(target).answers[:1]
+        right[1] += 1
+    return tally
+
 
 
 def cmd_random(args) -> None:
@@ -354,6 +389,17 @@ def cmd_report(args) -> None:
             lines.append(f"| {row['name']} | {row['verdict']}/{row['notes']} | {row['box']}/{row['above']} | "
                          f"{row['type']}/{row['hinted']} |")
         lines.append("")
+        asked = [row for row in note_rows if "questions" in row]
+        if asked:
+            kinds = sorted({kind for row in asked for kind in row["questions"]})
+            lines += ["Checkpoints trained on notes naming a product read notes that name one (the rows above) "
+                      "and answer one MMAD question per fresh note (the same count, seed "
+                      f"{NOTES_SEED}; answer decoded among the options): right / asked.", "",
+                      "| checkpoint | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+            for row in asked:
+                cells = [row["questions"].get(kind) for kind in kinds]
+                lines.append(f"| {row['name']} | " + " | ".join(f"{c[0]}/{c[1]}" if c else "–" for c in cells) + " |")
+            lines.append("")
     latency = [r for r in rows if "latency" in r and r["mode"] == "generate"]
     if latency:
         lines += ["## Verdict latency (reasoner only, evidence cached, CPU, shared 2-core machine)", ""]
