@@ -54,11 +54,14 @@ clean-kafka:
 	-$(VENV)/bin/judo kafka down
 
 # Reproduce the shipped tiny JUDO checkpoint from scratch (synthetic data, prefilter evidence,
-# Stage 0 note -> Stage 1 seg -> Stage 2 SFT; Stage 3 GRPO is off in the shipped recipe); 54 min on 2 CPU cores.
+# Stage 0 note -> Stage 1 seg -> Stage 2 SFT; Stage 3 GRPO is off in the shipped recipe). Torch threads
+# change the speed only (1 and 2 threads give byte-identical weights); use TRAIN_THREADS=1 when other
+# jobs share the cores, where spinning OpenMP threads make each step several times slower.
 JUDO_DATA ?= $(CACHE)/judo-train-data
+TRAIN_THREADS ?= 2
 train: install
 	rm -rf $(JUDO_DATA)
 	$(PY) -m pipelines.cli data synth --out $(JUDO_DATA) --seed 0 --images-per-category 80 --size 224 --workers 2
 	$(PY) -m pipelines.cli train --preset tiny --stage all --data $(JUDO_DATA) --out checkpoints/judo-tiny \
-		--curves docs/judo_training_curves.png
+		--threads $(TRAIN_THREADS) --curves docs/judo_training_curves.png
 	rm -rf checkpoints/judo-tiny/stages
