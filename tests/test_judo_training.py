@@ -93,18 +93,21 @@ def test_note_reading_shares_of_defects_and_hints_follow_the_recipe(examples):
         NoteReadingSampler(titles, hint_share=1.5)
 
 
-def test_notes_naming_a_product_ask_questions_the_note_answers(examples):
+@pytest.mark.parametrize("balanced", [False, True])
+def test_notes_naming_a_product_ask_questions_the_note_answers(examples, balanced):
     """With the recipe's product_note, a note names a product and one of its defect types, and
-    some notes carry one MMAD question whose right option the note (and the knowledge) gives."""
+    some notes carry one MMAD question whose right option the note (and the knowledge) gives;
+    balanced, every kind of question comes equally often and Anomaly Detection is yes half the time."""
     import re
 
     from judo_model.data.knowledge import category_facts
     from judo_model.training.data import defect_titles
     from judo_model.training.note_reading import NoteReadingSampler
 
-    sampler = NoteReadingSampler(defect_titles(examples), seed=2, categories=CATEGORIES, question_share=0.6)
+    sampler = NoteReadingSampler(defect_titles(examples), seed=2, categories=CATEGORIES, question_share=0.6,
+                                 balanced_questions=balanced)
     products = {category_facts(c).display_name: category_facts(c) for c in CATEGORIES}
-    asked = {}
+    asked, anomaly_answers = {}, []
     for prompt, target in sampler.batch(300):
         text = prompt.messages[0]["content"][-1]["text"]
         note = re.search(r"\((above|below)\).*?(?: Nearest labelled defect: ([^.]+)\.)? Nearest known product: "
@@ -126,9 +129,13 @@ def test_notes_naming_a_product_ask_questions_the_note_answers(examples):
             assert parsed.answers[0] == note.group(3)
         elif "Is there any defect" in question.group(1):
             assert parsed.answers[0] == ("Yes." if parsed.defect else "No.")
+            anomaly_answers.append(parsed.answers[0])
         elif "appearance" in question.group(1):
             assert parsed.answers[0] in {d.appearance for d in facts.defects.values() if d.title == note.group(2)}
     assert 120 <= sum(asked.values()) <= 240 and len(asked) == 6, asked
+    if balanced:
+        assert max(asked.values()) <= 2 * min(asked.values()), asked
+        assert 0.3 <= anomaly_answers.count("Yes.") / len(anomaly_answers) <= 0.7, anomaly_answers
     with pytest.raises(ValueError, match="categories"):
         NoteReadingSampler(defect_titles(examples), question_share=0.5)
 
@@ -330,6 +337,39 @@ def test_products_are_named_by_the_nearest_normal_images_of_every_known_product(
     assert right >= 0.9 * len(tests), f"pretrained features name the product of {right} of {len(tests)} test images"
     probe = tests[0]
     assert library.product_of(load_image(data_dir / probe["key"])) == evidence.products[probe["key"]]
+
+
+def test_live_evidence_names_the_product_only_when_asked_and_scores_a_query_once(data_dir, tmp_path):
+    """An MMAD folder's product library is built only for checkpoints that read it, and grounding
+    an answer reuses the anomaly map its prompt was built from."""
+    import shutil
+
+    from judo_model.data.knowledge import product_title
+    from judo_model.imaging import load_image
+    from judo_model.training.answerer import JuxtaposedJudo, mmad_templates
+    from judo_model.training.data import PromptOptions
+    from judo_model.training.evidence import PRODUCTS_FOLDER, BankEvidence
+
+    plain = tmp_path / "mmad-folder"
+    shutil.copytree(data_dir, plain, ignore=shutil.ignore_patterns("evidence"))
+    banks = BankEvidence(tmp_path / "banks", mmad_templates(plain))
+    judo = JuxtaposedJudo(judo=None, options=PromptOptions(), banks=banks)
+    manifest = json.loads((plain / "splits.json").read_text())
+    entry = next(e for e in manifest["images"] if e["split"] == "test" and e["label"] != "good")
+    path, query = plain / entry["key"], load_image(plain / entry["key"])
+
+    anomaly_map, threshold, _, product = judo.evidence(path, query)
+    assert product is None and not (tmp_path / "banks" / PRODUCTS_FOLDER).exists()
+    calls = []
+    original = banks.evidence
+    banks.evidence = lambda *args: calls.append(args) or original(*args)
+    again = judo.evidence(path, query)
+    assert not calls and again[0] is anomaly_map and again[1] == threshold
+    named = judo.evidence(path, query, with_product=True)[3]
+    assert len(calls) == 1 and (tmp_path / "banks" / PRODUCTS_FOLDER).is_dir()
+    assert named == product_title(entry["category"])
+    assert judo.evidence(path, query)[3] is None and len(calls) == 1
+    assert judo.evidence(path, np.ascontiguousarray(query[::-1]))[0] is not anomaly_map and len(calls) == 2
 
 
 def test_evidence_note_states_the_score_and_the_hottest_box():

@@ -11,6 +11,7 @@ the model's boxes into a mask with the same anomaly map.
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -43,25 +44,33 @@ class JuxtaposedJudo:
         self.options = options
         self.cache = cache
         self.banks = banks
+        self._last_live: tuple[str, bool, tuple] | None = None
 
-    def evidence(self, query_path, query: np.ndarray) -> tuple[np.ndarray, float, str | None, str | None]:
-        """The query's anomaly map, its category's threshold, defect hint and nearest product (cache
-        first, then the saved bank)."""
+    def evidence(self, query_path, query: np.ndarray,
+                 with_product: bool = False) -> tuple[np.ndarray, float, str | None, str | None]:
+        """The query's anomaly map, its category's threshold, defect hint and, ``with_product``, its
+        nearest known product (cache first, then the saved bank). The last live result is kept (by path
+        and pixels), so that grounding the answer to a prompt does not score the query again."""
         key = image_key(query_path) if isinstance(query_path, (str, Path)) else None
         if self.cache is not None and key in self.cache.keys:
             return (self.cache.anomaly_map(key), self.cache.threshold(key), self.cache.hints.get(key),
-                    self.cache.products.get(key))
-        if self.banks is not None and key is not None:
-            return self.banks.evidence(key, query)
-        raise ValueError(f"no evidence for {query_path}: not in the cache and no bank for its category")
+                    self.cache.products.get(key) if with_product else None)
+        if self.banks is None or key is None:
+            raise ValueError(f"no evidence for {query_path}: not in the cache and no bank for its category")
+        seen = f"{query_path}:{zlib.crc32(np.ascontiguousarray(query).tobytes())}"
+        if self._last_live is not None and self._last_live[0] == seen and (self._last_live[1] or not with_product):
+            anomaly_map, threshold, hint, product = self._last_live[2]
+            return anomaly_map, threshold, hint, product if with_product else None
+        found = self.banks.evidence(key, query, with_product)
+        self._last_live = (seen, with_product, found)
+        return found
 
     def _prompt_kwargs(self, reference_image, query_image) -> dict:
         query = _pixels(query_image)
         evidence = None
         if self.options.evidence_route:
-            anomaly_map, threshold, hint, product = self.evidence(query_image, query)
-            evidence = evidence_inputs(query, anomaly_map, threshold, self.options.evidence_route, hint,
-                                       product if self.options.product_note else None)
+            anomaly_map, threshold, hint, product = self.evidence(query_image, query, self.options.product_note)
+            evidence = evidence_inputs(query, anomaly_map, threshold, self.options.evidence_route, hint, product)
         reference = shown(_pixels(reference_image)) if reference_image is not None and self.options.reference else None
         return dict(reference_image=reference, query_image=shown(query),
                     evidence_image=evidence.image if evidence else None,

@@ -36,6 +36,7 @@ anomaly map marks inside them, are the verdict's mask.
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -243,8 +244,6 @@ def _defect_hints(root: Path, category: str, entries: Sequence[dict], maps: dict
     """Build the category's defect exemplars from its labelled training defects (saved beside its
     bank) and label every image by them: exemplars leave themselves out; no hint for the training
     images :data:`HINT_DROPOUT` picks, nor for any image when there are no labelled defects."""
-    import zlib
-
     from actors.references import DEFECTS_SUBDIR, REFERENCES_SUBDIR, DefectExemplars
     from judo_model.data.knowledge import defect_title
 
@@ -264,8 +263,13 @@ def _defect_hints(root: Path, category: str, entries: Sequence[dict], maps: dict
         descriptors = exemplars.crop_descriptors([load_image(root / key) for key in chunk], [maps[k] for k in chunk])
         labelled.update(zip(chunk, exemplars.vote(descriptors)))
     split_of = {e["key"]: e["split"] for e in entries}
-    return {key: label for key, label in labelled.items()
-            if not (split_of[key] == "train" and zlib.crc32(key.encode()) % HINT_DROPOUT == 0)}
+    return {key: label for key, label in labelled.items() if not dropped(key, split_of[key])}
+
+
+def dropped(key: str, split: str, salt: str = "") -> bool:
+    """Whether the training image ``key`` is shown without an evidence field: one in
+    :data:`HINT_DROPOUT`, a fixed draw per image and ``salt`` (each field has its own salt)."""
+    return split == "train" and zlib.crc32(f"{salt}{key}".encode()) % HINT_DROPOUT == 0
 
 
 def prepare_evidence(data_dir: str | Path, progress=lambda category: None, force: bool = False) -> Path:
@@ -299,15 +303,9 @@ def _product_names(root: Path, entries: Sequence[dict], extractor, out: Path) ->
     """Build the product library from every category's normal training images (saved as
     ``products/``) and name every image's product by it: members leave themselves out; no name for
     the training images :data:`HINT_DROPOUT` picks (another draw than the hint's)."""
-    import zlib
-
-    from actors.references import ProductExemplars
-    from judo_model.data.knowledge import product_title
-
     library = [e for e in entries if e["split"] == "train" and e["label"] == "good"]
-    exemplars = ProductExemplars.build_products([load_image(root / e["key"]) for e in library],
-                                                [product_title(e["category"]) for e in library],
-                                                [e["key"] for e in library], extractor)
+    exemplars = build_product_library([root / e["key"] for e in library], [e["category"] for e in library],
+                                      [e["key"] for e in library], extractor)
     exemplars.save(out / PRODUCTS_FOLDER)
     member = {e["key"]: i for i, e in enumerate(library)}
     named = dict(zip(member, exemplars.vote(exemplars.descriptors, exclude=list(member.values()))))
@@ -316,8 +314,16 @@ def _product_names(root: Path, entries: Sequence[dict], extractor, out: Path) ->
         chunk = others[start:start + 32]
         named.update(zip(chunk, exemplars.vote(exemplars.describe([load_image(root / key) for key in chunk]))))
     split_of = {e["key"]: e["split"] for e in entries}
-    return {key: name for key, name in named.items()
-            if not (split_of[key] == "train" and zlib.crc32(f"product:{key}".encode()) % HINT_DROPOUT == 0)}
+    return {key: name for key, name in named.items() if not dropped(key, split_of[key], salt="product:")}
+
+
+def build_product_library(paths: Sequence[Path], categories: Sequence[str], keys: Sequence[str], extractor):
+    """The known-product library: each category's normal images, named by the product's title."""
+    from actors.references import ProductExemplars
+    from judo_model.data.knowledge import product_title
+
+    return ProductExemplars.build_products([load_image(path) for path in paths],
+                                           [product_title(category) for category in categories], list(keys), extractor)
 
 
 def load_evidence(data_dir: str | Path) -> EvidenceCache:
@@ -357,7 +363,6 @@ class BankEvidence:
     def products(self):
         """The library of known products: ``prepare_evidence``'s beside the banks, else built on the templates."""
         from actors.references import ProductExemplars
-        from judo_model.data.knowledge import product_title
 
         if self._products is None:
             folder = self.banks_dir.parent / PRODUCTS_FOLDER if self.templates is None \
@@ -365,11 +370,10 @@ class BankEvidence:
             if not folder.is_dir() and self.templates:
                 from actors.features import BackboneConfig, FeatureExtractor
 
-                named = [(path, name) for name, paths in self.templates.items() for path in paths]
-                ProductExemplars.build_products([load_image(path) for path, _ in named],
-                                                [product_title(name.split("/")[-1]) for _, name in named],
-                                                [str(path) for path, _ in named],
-                                                FeatureExtractor(BackboneConfig(threads=1))).save(folder)
+                named = [(path, name.split("/")[-1]) for name, paths in self.templates.items() for path in paths]
+                build_product_library([path for path, _ in named], [category for _, category in named],
+                                      [str(path) for path, _ in named],
+                                      FeatureExtractor(BackboneConfig(threads=1))).save(folder)
             self._products = ProductExemplars.load(folder) if folder.is_dir() else False
         return self._products or None
 
@@ -405,14 +409,16 @@ class BankEvidence:
         exemplars = self.exemplars(self._name(key))
         return exemplars.types if exemplars is not None else None
 
-    def evidence(self, key: str, query: np.ndarray) -> tuple[np.ndarray, float, str | None, str | None]:
+    def evidence(self, key: str, query: np.ndarray,
+                 with_product: bool = False) -> tuple[np.ndarray, float, str | None, str | None]:
         """The anomaly map of the image at ``key`` (``<dataset>/<category>/...``), the bank's threshold,
-        the labelled defect the anomaly looks most like (None without exemplars) and the known
-        product the image looks most like (None without a product library)."""
+        the labelled defect the anomaly looks most like (None without exemplars) and, ``with_product``,
+        the known product the image looks most like (None without a product library; the library
+        costs a backbone pass per query and is only built for checkpoints that read it)."""
         name = self._name(key)
         scorer = self.scorer(name)
         anomaly_map = scorer.bank.score([query]).anomaly_map(0)
         exemplars = self.exemplars(name)
         hint = exemplars.label_of(query, anomaly_map) if exemplars is not None else None
-        products = self.products()
+        products = self.products() if with_product else None
         return anomaly_map, float(scorer.threshold), hint, products.product_of(query) if products else None

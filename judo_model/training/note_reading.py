@@ -12,7 +12,11 @@ With ``categories`` (the recipe's ``product_note``) a note also names a product,
 one of that product's defect types, and a share of notes carries one MMAD question the note
 answers: the product (Object Classification), above or below (Anomaly Detection), the type,
 the box's region, and the type's appearance and consequence for that product (Defect
-Description / Analysis: knowledge the model has to recall, not copy).
+Description / Analysis: knowledge the model has to recall, not copy). With
+``balanced_questions`` each of the six kinds is asked equally often and Anomaly Detection is
+answered yes and no equally often: asked only where the note allows them, the defect questions
+made most questions answer "yes, above", and the model learned to say yes to the question
+rather than to read the note.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ TYPICAL_SIDE = 400
 ABOVE_SHARE = 0.74
 #: Share of notes naming a defect type (the cached evidence shows one for about 80 %).
 HINT_SHARE = 0.8
+#: The MMAD questions a note answers, in the order :meth:`NoteReadingSampler._with_product` builds them.
+QUESTION_KINDS = ("Anomaly Detection", "Object Classification", "Defect Classification", "Defect Localization",
+                  "Defect Description", "Defect Analysis")
 
 
 class NoteReadingSampler:
@@ -42,7 +49,7 @@ class NoteReadingSampler:
 
     def __init__(self, defect_titles: Sequence[str], seed: int = 0, *, above_share: float = ABOVE_SHARE,
                  hint_share: float = HINT_SHARE, categories: Sequence[str] | None = None,
-                 question_share: float = 0.0):
+                 question_share: float = 0.0, balanced_questions: bool = False):
         if not defect_titles:
             raise ValueError("note reading needs the defect titles of the training data")
         for name, share in (("above_share", above_share), ("hint_share", hint_share),
@@ -54,11 +61,12 @@ class NoteReadingSampler:
         self.titles = sorted(set(defect_titles))
         self.categories = sorted(categories) if categories else None
         self.above_share, self.hint_share, self.question_share = above_share, hint_share, question_share
+        self.balanced_questions = balanced_questions
         self.rng = random.Random(seed)
 
-    def _ratio(self) -> float:
+    def _ratio(self, above_share: float | None = None) -> float:
         """A score / threshold ratio, above the threshold with probability ``above_share``."""
-        if self.rng.random() < self.above_share:
+        if self.rng.random() < (self.above_share if above_share is None else above_share):
             return self.rng.uniform(1.0, MAX_SCORE_RATIO / 3)
         return self.rng.uniform(0.2, 1.0)
 
@@ -101,16 +109,21 @@ class NoteReadingSampler:
         facts = category_facts(self.rng.choice(self.categories))
         defect = self.rng.choice(sorted(facts.defects))
         title = facts.defects[defect].title if self.rng.random() < self.hint_share else None
-        note = format_note(ratio, box, title, facts.display_name)
         if self.rng.random() >= self.question_share:
-            return self._pair(ratio, box, title, note)
+            return self._pair(ratio, box, title, format_note(ratio, box, title, facts.display_name))
+        kind = self.rng.choice(QUESTION_KINDS) if self.balanced_questions else None
+        if kind == "Anomaly Detection":
+            ratio = self._ratio(above_share=0.5)
+        elif kind is not None and kind != "Object Classification":  # a defect question needs a named defect
+            ratio, title = self._ratio(above_share=1.0), facts.defects[defect].title
+        note = format_note(ratio, box, title, facts.display_name)
         rng = np.random.default_rng(self.rng.randrange(2 ** 32))
         balancer = LetterBalancer(rng)
         above = note_says_above(ratio)
         asked = [anomaly_detection(above, balancer), object_classification(facts, rng, balancer)]
         if above and title:
             asked += defect_questions(facts, defect, boxes_to_mask([box], 100, 100), rng, balancer)
-        question = asked[self.rng.randrange(len(asked))]
+        question = asked[self.rng.randrange(len(asked))] if kind is None else asked[QUESTION_KINDS.index(kind)]
         return self._pair(ratio, box, title, note, [Question(question.Question, dict(question.Options))],
                           [question.Options[question.Answer]])
 

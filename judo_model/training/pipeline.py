@@ -101,13 +101,13 @@ def train(data_dir: str | Path, out_dir: str | Path, stage: str = "all", recipe:
     if stage not in (*STAGES, "all"):
         raise ValueError(f"stage must be one of {STAGES + ('all',)}, got {stage!r}")
     recipe = recipe or Recipe()
-    torch.set_num_threads(recipe.threads)  # >1 thread on 2 shared cores is several times slower
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     examples = load_examples(data_dir, train_file)
     evidence = None
     if recipe.evidence_route:
         prepare_evidence(data_dir, progress=lambda c: print(f"evidence: {c}", flush=True))
         evidence = load_evidence(data_dir)
+    torch.set_num_threads(recipe.threads)  # after the evidence, whose extractor sets its own thread count
     log = TrainingLog(recipe=asdict(recipe), data=str(data_dir))
     if init is not None:
         model, processor = load_checkpoint(init)
@@ -126,7 +126,8 @@ def train(data_dir: str | Path, out_dir: str | Path, stage: str = "all", recipe:
         return NoteReadingSampler(defect_titles(examples), seed=seed, above_share=recipe.note_above_share,
                                   hint_share=recipe.note_hint_share,
                                   categories=sorted({e.category for e in examples}) if with_products else None,
-                                  question_share=recipe.note_question_share if with_products else 0.0)
+                                  question_share=recipe.note_question_share if with_products else 0.0,
+                                  balanced_questions=recipe.note_balanced_questions)
 
     def stage0_draw(seed: int):
         """Stage 0's batches: plain notes for ``note_plain_steps`` steps, then the recipe's notes."""

@@ -41,5 +41,7 @@ class Recipe:
     note_question_share: float = 0.5
     #: with product_note, the first this many Stage 0 steps read plain notes (the copy forms first)
     note_plain_steps: int = 1700
+    #: Stage 0 questions: every kind equally often, Anomaly Detection half yes, half no
+    note_balanced_questions: bool = False
     seed: int = 0
     threads: int = 1
