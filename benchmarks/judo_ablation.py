@@ -95,8 +95,13 @@ ROWS = {
                        "them followed by one MMAD question the note answers (--note-question-share 0.5), then "
                        "Stages 1 and 2 (not shipped: 3 100 Stage 0 steps do not fit make train's hour)", None),
     "product-questions": ("make train with the recipe of row note-questions fitted into the hour: Stage 0 2 300 "
-                          "steps, 1 700 on plain notes, then 600 naming a product, half with a question (shipped "
-                          "checkpoint since this row)", None),
+                          "steps, 1 700 on plain notes, then 600 naming a product, half with a question (previous "
+                          "shipped)", None),
+    "balanced-questions": ("make train with row note-questions' Stage 0 in one run (2 500 plain note steps, then 600 "
+                           "naming a product, half with a question), the questions balanced: every kind equally often, "
+                           "Anomaly Detection answered yes and no equally often (--note-balanced-questions yes); "
+                           "boxes refined at the validation-chosen cut 0.6 (shipped checkpoint since this row)",
+                           None),
 }
 SUBSETS = {"test": ("mmad.json", 1), "heldout": ("mmad_heldout.json", 2), "verdicts": ("mmad.json", 4)}
 #: How the answerer picks an option (``judo eval mmad --mode``): the letter its generated answer
@@ -243,6 +248,56 @@ def cmd_verdicts(args) -> None:
     print(json.dumps(result), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"verdicts_{args.name}.json").write_text(json.dumps(result, indent=1))
+
+
+#: The cuts ``region-cut`` tries: the share of the anomaly map's range inside the boxes below which
+#: a pixel of the model's region is dropped (0: the filled boxes).
+REGION_CUTS = (0.0, 0.2, 0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8)
+
+
+def cmd_region_cut(args) -> None:
+    """Choose how the verdict's boxes are refined into a mask, on the validation split only.
+
+    The model's boxes on every defective validation image are refined at each cut of
+    :data:`REGION_CUTS` and scored as the MMAD harness scores grounding (IoU with the mask,
+    images with a region); the test subset is scored at the same cuts for the record only.
+    """
+    import numpy as np
+    import torch
+
+    from judo_model.imaging import load_image, load_mask
+    from judo_model.mmad.format import MMADDataset
+    from judo_model.training.answerer import load_juxtaposed_answerer
+    from judo_model.training.evidence import REGION_CUT, refine_region
+
+    torch.set_num_threads(args.threads)
+    judo = load_juxtaposed_answerer(args.checkpoint, args.data).judo
+    splits = {"val": "mmad_val.json", "test": subset_file(args.data, "test")}
+    ious = {split: {cut: [] for cut in REGION_CUTS} for split in splits}
+    for split, questions in splits.items():
+        for item in MMADDataset(args.data, questions):
+            if item.is_normal:
+                continue
+            _, parsed = judo.generate(item.template_paths(1)[0], item.image_path, max_new_tokens=64)
+            if not parsed.boxes:
+                continue
+            truth = load_mask(item.mask_path)
+            anomaly_map = judo.evidence(item.image_path, load_image(item.image_path))[0]
+            for cut in REGION_CUTS:
+                region = refine_region(list(parsed.boxes), *truth.shape, anomaly_map, cut=cut)
+                ious[split][cut].append(float((region & truth).sum() / max(1, (region | truth).sum())))
+    means = {split: {cut: float(np.mean(v)) if v else 0.0 for cut, v in by_cut.items()} for split, by_cut in ious.items()}
+    best = max(REGION_CUTS, key=lambda cut: means["val"][cut])
+    print(f"| cut | val IoU ({len(ious['val'][0.0])} images) | test IoU ({len(ious['test'][0.0])} images) |")
+    print("|---|---|---|")
+    for cut in REGION_CUTS:
+        mark = " (best on val)" if cut == best else " (in use)" if cut == REGION_CUT else ""
+        print(f"| {cut}{mark} | {means['val'][cut]:.3f} | {means['test'][cut]:.3f} |")
+    result = {"checkpoint": str(args.checkpoint), "best_on_val": best, "in_use": REGION_CUT,
+              "mean_iou": {split: {str(cut): round(v, 4) for cut, v in by_cut.items()} for split, by_cut in means.items()},
+              "images": {split: len(by_cut[0.0]) for split, by_cut in ious.items()}}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "region_cut.json").write_text(json.dumps(result, indent=1))
 
 
 #: Seed of the notes ``notes`` checks: none of the training samplers' (seed, seed + 7).
@@ -439,6 +494,11 @@ def main() -> None:
     verdicts.add_argument("--checkpoint", type=Path, required=True)
     verdicts.add_argument("--threads", type=int, default=1)
     verdicts.set_defaults(func=cmd_verdicts)
+    cut = commands.add_parser("region-cut", help="choose the box refinement's cut on the validation split")
+    cut.add_argument("--data", type=Path, required=True, help="the training data (its mmad_val.json and evidence)")
+    cut.add_argument("--checkpoint", type=Path, required=True)
+    cut.add_argument("--threads", type=int, default=1)
+    cut.set_defaults(func=cmd_region_cut)
     notes = commands.add_parser("notes", help="Stage 0 copy rates of one checkpoint on fresh text-only notes")
     notes.add_argument("--data", type=Path, required=True, help="the training data (for its defect titles)")
     notes.add_argument("--name", required=True)

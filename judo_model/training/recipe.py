@@ -11,7 +11,7 @@ STAGES = ("note", "seg", "sft", "grpo")
 class Recipe:
     """Steps and switches of one training run (the ``tiny`` preset's defaults ship the checkpoint)."""
 
-    note_steps: int = 2300
+    note_steps: int = 3100
     note_batch_size: int = 16
     note_lr: float = 1e-3
     note_above_share: float = 0.85
@@ -40,8 +40,8 @@ class Recipe:
     #: share of Stage 0 notes followed by one MMAD question the note answers (needs product_note)
     note_question_share: float = 0.5
     #: with product_note, the first this many Stage 0 steps read plain notes (the copy forms first)
-    note_plain_steps: int = 1700
+    note_plain_steps: int = 2500
     #: Stage 0 questions: every kind equally often, Anomaly Detection half yes, half no
-    note_balanced_questions: bool = False
+    note_balanced_questions: bool = True
     seed: int = 0
     threads: int = 1
