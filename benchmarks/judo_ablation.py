@@ -50,7 +50,8 @@ ROWS = {
                                             "--grpo-steps", "0"]),
     # (c) shares Stage 1 with the shipped run (its OUT/stages/seg) and differs from (d) only in
     # having no domain knowledge in its QA SFT.
-    "c": ("+ Stage 1 on pretrained evidence (heat map + zoomed crop)",
+    "c": ("+ Stages 0 and 1 on pretrained evidence (note, heat map + zoomed crop), Stage 2 without domain "
+          "knowledge",
           ["--stage", "sft", "--init", "{main}/stages/seg", "--domain-knowledge-prob", "0"]),
     "c-heat": ("(c) with the heat map only as evidence (route comparison)",
                ["--evidence-route", "heat", "--domain-knowledge-prob", "0", "--grpo-steps", "0"]),
@@ -286,7 +287,8 @@ def cmd_region_cut(args) -> None:
             for cut in REGION_CUTS:
                 region = refine_region(list(parsed.boxes), *truth.shape, anomaly_map, cut=cut)
                 ious[split][cut].append(float((region & truth).sum() / max(1, (region | truth).sum())))
-    means = {split: {cut: float(np.mean(v)) if v else 0.0 for cut, v in by_cut.items()} for split, by_cut in ious.items()}
+    means = {split: {cut: float(np.mean(v)) if v else 0.0 for cut, v in by_cut.items()}
+             for split, by_cut in ious.items()}
     best = max(REGION_CUTS, key=lambda cut: means["val"][cut])
     print(f"| cut | val IoU ({len(ious['val'][0.0])} images) | test IoU ({len(ious['test'][0.0])} images) |")
     print("|---|---|---|")
@@ -294,7 +296,8 @@ def cmd_region_cut(args) -> None:
         mark = " (best on val)" if cut == best else " (in use)" if cut == REGION_CUT else ""
         print(f"| {cut}{mark} | {means['val'][cut]:.3f} | {means['test'][cut]:.3f} |")
     result = {"checkpoint": str(args.checkpoint), "best_on_val": best, "in_use": REGION_CUT,
-              "mean_iou": {split: {str(cut): round(v, 4) for cut, v in by_cut.items()} for split, by_cut in means.items()},
+              "mean_iou": {split: {str(cut): round(v, 4) for cut, v in by_cut.items()}
+                           for split, by_cut in means.items()},
               "images": {split: len(by_cut[0.0]) for split, by_cut in ious.items()}}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "region_cut.json").write_text(json.dumps(result, indent=1))
