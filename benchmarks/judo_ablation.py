@@ -337,24 +337,31 @@ def cmd_notes(args) -> None:
                 counts["type"] += written.defect_type == expected.defect_type
     result = {"name": args.name, "checkpoint": str(args.checkpoint), **counts}
     if products:
-        result["questions"] = note_questions(judo, examples, args.count)
+        result["questions"] = note_questions(judo, args.checkpoint, examples, args.count)
     print(json.dumps(result), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"notes_{args.name}.json").write_text(json.dumps(result, indent=1))
 
 
-def note_questions(judo, examples, count: int) -> dict[str, list[int]]:
+def note_questions(judo, checkpoint: Path, examples, count: int) -> dict[str, list[int]]:
     """Per MMAD question type, [right, asked] over fresh notes naming a product, each with one
-    question the note answers (the answer decoded among the options, as the guided harness does)."""
+    question the note answers (the answer decoded among the options, as the guided harness does),
+    drawn above the threshold and hinted as often as the checkpoint's Stage 0 notes were."""
+    from dataclasses import asdict
+
     from judo_model.data import questions as mmad
     from judo_model.output import parse_output
     from judo_model.training.data import defect_titles
     from judo_model.training.note_reading import NoteReadingSampler
+    from judo_model.training.pipeline import read_training_log
+    from judo_model.training.recipe import Recipe
 
+    recipe = {**asdict(Recipe()), **read_training_log(checkpoint).get("recipe", {})}
     kinds = {mmad.ANOMALY_QUESTION: "Anomaly Detection", mmad.OBJECT_QUESTION: "Object Classification",
              mmad.CLASSIFICATION_QUESTION: "Defect Classification", mmad.LOCALIZATION_QUESTION: "Defect Localization",
              mmad.DESCRIPTION_QUESTION: "Defect Description", mmad.ANALYSIS_QUESTION: "Defect Analysis"}
-    sampler = NoteReadingSampler(defect_titles(examples), seed=NOTES_SEED, above_share=0.85, hint_share=0.95,
+    sampler = NoteReadingSampler(defect_titles(examples), seed=NOTES_SEED, above_share=recipe["note_above_share"],
+                                 hint_share=recipe["note_hint_share"],
                                  categories=sorted({e.category for e in examples}), question_share=1.0)
     tally: dict[str, list[int]] = {}
     for prompt, target in sampler.batch(count):
@@ -366,7 +373,6 @@ def note_questions(judo, examples, count: int) -> dict[str, list[int]]:
         right[0] += written.answers[:1] == parse_output(target).answers[:1]
         right[1] += 1
     return tally
-
 
 
 def cmd_random(args) -> None:
