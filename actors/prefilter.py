@@ -672,7 +672,7 @@ def fit_bank_from_folder(
         references.defects = DefectExemplars.build(
             cat.name, frames, [scored.anomaly_map(i) for i in range(len(frames))],
             [defect_title(cat.name, label) for _, label in examples],
-            [str(path.relative_to(cat.root)) for path, _ in examples], scorer.bank.embedder.extractor)
+            [str(path.relative_to(cat.root)) for path, _ in examples])
     references.save(out / REFERENCES_SUBDIR)
     return scorer
 

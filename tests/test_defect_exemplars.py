@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from actors.prefilter import PrefilterScorer, labelled_defect_examples
-from actors.references import DEFECTS_SUBDIR, REFERENCES_SUBDIR, DefectExemplars, ReferenceIndex, ReferenceService
+from actors.references import (DEFECTS_SUBDIR, REFERENCES_SUBDIR, DefectExemplars, ReferenceIndex, ReferenceService,
+                               exemplar_backbone)
 from judo_model.data.knowledge import defect_title
 from judo_model.data.mvtec import discover_categories
 
@@ -32,6 +33,8 @@ def test_the_bank_folder_carries_every_labelled_example(library):
         reloaded = DefectExemplars.load(banks[product] / REFERENCES_SUBDIR / DEFECTS_SUBDIR)
         assert reloaded.ids == index.defects.ids and (reloaded.descriptors == index.defects.descriptors).all()
         assert reloaded.backbone == index.defects.extractor.config, "reloaded, it describes crops as it was built"
+        assert reloaded.backbone == exemplar_backbone(), "crops are described by the exemplar blocks, not the bank's"
+        assert reloaded.extractor is index.defects.extractor, "one backbone per process serves every library"
         other = index.defects.backbone.model_copy(update={"blocks": (2, 4)})
         with pytest.raises(ValueError, match="were described with"):
             DefectExemplars(product, other, index.defects.extractor)

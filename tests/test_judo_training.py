@@ -93,19 +93,20 @@ def test_note_reading_shares_of_defects_and_hints_follow_the_recipe(examples):
         NoteReadingSampler(titles, hint_share=1.5)
 
 
-@pytest.mark.parametrize("balanced", [False, True])
-def test_notes_naming_a_product_ask_questions_the_note_answers(examples, balanced):
+@pytest.mark.parametrize("weights", [None, (1, 1, 1, 1, 1, 1), (1, 1, 1, 1, 3, 3)])
+def test_notes_naming_a_product_ask_questions_the_note_answers(examples, weights):
     """With the recipe's product_note, a note names a product and one of its defect types, and
     some notes carry one MMAD question whose right option the note (and the knowledge) gives;
-    balanced, every kind of question comes equally often and Anomaly Detection is yes half the time."""
+    weighted, each kind comes as often as its weight says and Anomaly Detection is yes half the time."""
     import re
 
+    from judo_model.data import questions as mmad
     from judo_model.data.knowledge import category_facts
     from judo_model.training.data import defect_titles
     from judo_model.training.note_reading import NoteReadingSampler
 
     sampler = NoteReadingSampler(defect_titles(examples), seed=2, categories=CATEGORIES, question_share=0.6,
-                                 balanced_questions=balanced)
+                                 question_weights=weights)
     products = {category_facts(c).display_name: category_facts(c) for c in CATEGORIES}
     asked, anomaly_answers = {}, []
     for prompt, target in sampler.batch(300):
@@ -133,11 +134,51 @@ def test_notes_naming_a_product_ask_questions_the_note_answers(examples, balance
         elif "appearance" in question.group(1):
             assert parsed.answers[0] in {d.appearance for d in facts.defects.values() if d.title == note.group(2)}
     assert 120 <= sum(asked.values()) <= 240 and len(asked) == 6, asked
-    if balanced:
-        assert max(asked.values()) <= 2 * min(asked.values()), asked
+    if weights:
+        anomaly, appearance = asked[mmad.ANOMALY_QUESTION], asked[mmad.DESCRIPTION_QUESTION]
+        assert weights[4] / weights[0] / 2 <= appearance / anomaly <= weights[4] / weights[0] * 2, asked
+        assert max(asked.values()) <= 2 * max(weights) / min(weights) * min(asked.values()), asked
         assert 0.3 <= anomaly_answers.count("Yes.") / len(anomaly_answers) <= 0.7, anomaly_answers
     with pytest.raises(ValueError, match="categories"):
         NoteReadingSampler(defect_titles(examples), question_share=0.5)
+    with pytest.raises(ValueError, match="question_weights"):
+        NoteReadingSampler(defect_titles(examples), categories=CATEGORIES, question_weights=(1, 1))
+
+
+def test_invented_products_teach_copying_a_name_never_trained_on(examples):
+    """Notes naming an invented product carry no defect hint, ask only what the note answers
+    (defective? which product?), and no invented name shares a word with a catalogue product,
+    held-out ones included."""
+    import re
+
+    from judo_model.data import questions as mmad
+    from judo_model.data.knowledge import CATEGORY_FACTS
+    from judo_model.training.data import defect_titles
+    from judo_model.training.note_reading import NoteReadingSampler, invented_products
+
+    invented = set(invented_products())
+    catalogue = {word for facts in CATEGORY_FACTS.values() for word in facts.display_name.lower().split()}
+    assert len(invented) >= 100 and not any(catalogue & set(name.split()) for name in invented)
+    sampler = NoteReadingSampler(defect_titles(examples), seed=3, categories=CATEGORIES, question_share=0.5,
+                                 question_weights=(1, 1, 1, 1, 1, 1), unseen_share=0.5)
+    seen_unseen, asked = 0, set()
+    for prompt, target in sampler.batch(200):
+        text = prompt.messages[0]["content"][-1]["text"]
+        product = re.search(r"Nearest known product: ([^.]+)\.", text).group(1)
+        if product not in invented:
+            continue
+        seen_unseen += 1
+        assert "Nearest labelled defect" not in text, "an invented product has no defect library"
+        parsed = parse_output(target)
+        assert parsed.ok and parsed.defect_type is None
+        question = re.search(r"Question 1: (.+)", text)
+        if question:
+            asked.add(question.group(1))
+            if question.group(1) == mmad.OBJECT_QUESTION:
+                assert parsed.answers == (product,)
+            else:
+                assert parsed.answers == ("Yes." if parsed.defect else "No.",)
+    assert 60 <= seen_unseen <= 140 and asked == {mmad.OBJECT_QUESTION, mmad.ANOMALY_QUESTION}
 
 
 def test_the_product_line_is_shown_only_to_checkpoints_trained_with_it(data_dir):

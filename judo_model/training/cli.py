@@ -35,6 +35,19 @@ def _yes_no(text: str) -> bool:
     return text.lower() in ("yes", "true", "1")
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _arg_type(default):
+    if isinstance(default, bool):
+        return _yes_no
+    return _floats if isinstance(default, tuple) else type(default)
+
+
 def register_train(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help="train JUDO: Stage 1 seg, Stage 2 SFT, Stage 3 GRPO")
     parser.add_argument("--preset", default="tiny")
@@ -50,5 +63,5 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
         if f.name in ("evidence_route", "reference"):
             continue
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, help=f"(default {f.default})",
-                            type=_yes_no if isinstance(f.default, bool) else type(f.default))
+                            type=_arg_type(f.default))
     parser.set_defaults(func=_run_train)

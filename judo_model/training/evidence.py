@@ -66,8 +66,9 @@ PRODUCT_FORMAT = " Nearest known product: {name}."
 #: defective images (mean IoU 0.463 at 0.6 vs 0.445 at 0.5 for the shipped checkpoint; best for the
 #: previous one too), never on a test image.
 REGION_CUT = 0.6
-#: 2: labelled-defect hints in the index; 3: hints by their answer names; 4: exemplar format 2; 5: products
-EVIDENCE_VERSION = 5
+#: 2: labelled-defect hints in the index; 3: hints by their answer names; 4: exemplar format 2; 5: products;
+#: 6: exemplar format 3 (deeper blocks, closer crops)
+EVIDENCE_VERSION = 6
 MAPS_FILE = "maps.npz"
 INDEX_FILE = "index.json"
 BANKS_FOLDER = "banks"
@@ -240,12 +241,12 @@ def _fit_category(root: Path, category: str, entries: Sequence[dict], extractor,
         result = bank.fresh_fit(embedded.subset(fit)).score_embedded(embedded.subset(held))
         for j, i in enumerate(held):
             maps[train_good[i]["key"]] = result.anomaly_map(j)
-    hints = _defect_hints(root, category, entries, maps, extractor, out)
+    hints = _defect_hints(root, category, entries, maps, out)
     progress(category)
     return maps, float(scorer.threshold), hints
 
 
-def _defect_hints(root: Path, category: str, entries: Sequence[dict], maps: dict[str, np.ndarray], extractor,
+def _defect_hints(root: Path, category: str, entries: Sequence[dict], maps: dict[str, np.ndarray],
                   out: Path) -> dict[str, str]:
     """Build the category's defect exemplars from its labelled training defects (saved beside its
     bank) and label every image by them: exemplars leave themselves out; no hint for the training
@@ -259,7 +260,7 @@ def _defect_hints(root: Path, category: str, entries: Sequence[dict], maps: dict
     exemplars = DefectExemplars.build(category, [load_image(root / e["key"]) for e in library],
                                       [maps[e["key"]] for e in library],
                                       [defect_title(category, e["label"]) for e in library],
-                                      [e["key"] for e in library], extractor)
+                                      [e["key"] for e in library])
     exemplars.save(out / BANKS_FOLDER / category / REFERENCES_SUBDIR / DEFECTS_SUBDIR)
     member = {e["key"]: i for i, e in enumerate(library)}
     keys = [key for key in maps if key not in member]
@@ -402,8 +403,7 @@ class BankEvidence:
 
         if name not in self._exemplars:
             folder = self.banks_dir / name / REFERENCES_SUBDIR / DEFECTS_SUBDIR
-            self._exemplars[name] = DefectExemplars.load(folder, self.scorer(name).bank.embedder.extractor) \
-                if folder.is_dir() else None
+            self._exemplars[name] = DefectExemplars.load(folder) if folder.is_dir() else None
         return self._exemplars[name]
 
     def _name(self, key: str) -> str:

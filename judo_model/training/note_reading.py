@@ -13,10 +13,17 @@ one of that product's defect types, and a share of notes carries one MMAD questi
 answers: the product (Object Classification), above or below (Anomaly Detection), the type,
 the box's region, and the type's appearance and consequence for that product (Defect
 Description / Analysis: knowledge the model has to recall, not copy). With
-``balanced_questions`` each of the six kinds is asked equally often and Anomaly Detection is
-answered yes and no equally often: asked only where the note allows them, the defect questions
-made most questions answer "yes, above", and the model learned to say yes to the question
-rather than to read the note.
+``question_weights`` each kind is asked with its own weight and Anomaly Detection is answered
+yes and no equally often: asked only where the note allows them, the defect questions made
+most questions answer "yes, above", and the model learned to say yes to the question rather
+than to read the note. The recipe weighs the recalled kinds up: a copy is learned from any
+note, a product's appearance and consequence only from notes about that product and type.
+
+With ``unseen_share`` a share of those notes names an invented product (:func:`invented_products`:
+no word of any catalogue product's name), without a defect hint, as the pipeline and an MMAD
+folder name a product that has no labelled defects; asked, the answer is that name. Held-out
+products are named by the product library at evaluation, and a model that only ever copied the
+training products' names never names them (measured: Object Classification 0 % held-out).
 """
 
 from __future__ import annotations
@@ -42,6 +49,23 @@ HINT_SHARE = 0.8
 #: The MMAD questions a note answers, in the order :meth:`NoteReadingSampler._with_product` builds them.
 QUESTION_KINDS = ("Anomaly Detection", "Object Classification", "Defect Classification", "Defect Localization",
                   "Defect Description", "Defect Analysis")
+#: Words of invented product names: a material (or none) and a part.
+_MATERIALS = ("steel", "brass", "rubber", "plastic", "glass", "copper", "aluminium", "nylon", "cast iron", "carbon",
+              "silicone", "titanium", "paper", "foam")
+_PARTS = ("gear", "valve", "spring", "bearing", "gasket", "hinge", "bracket", "connector", "lens", "pipe", "panel",
+          "clip", "bolt", "rivet", "cap", "sleeve", "housing", "shaft", "pulley", "button", "tube", "disc", "plate",
+          "grille", "hose", "knob", "label", "seal", "socket", "fan blade", "spoon", "key", "zipper", "battery",
+          "magnet", "filter", "pin", "lid", "tray", "cup")
+
+
+def invented_products() -> list[str]:
+    """Product names no catalogue product has a word of (so never a held-out product's name)."""
+    from judo_model.data.knowledge import CATEGORY_FACTS
+
+    taken = {word for facts in CATEGORY_FACTS.values() for word in facts.display_name.lower().split()}
+    parts = [part for part in _PARTS if not taken & set(part.split())]
+    materials = [material for material in _MATERIALS if not taken & set(material.split())]
+    return sorted(parts + [f"{material} {part}" for material in materials for part in parts])
 
 
 class NoteReadingSampler:
@@ -49,19 +73,26 @@ class NoteReadingSampler:
 
     def __init__(self, defect_titles: Sequence[str], seed: int = 0, *, above_share: float = ABOVE_SHARE,
                  hint_share: float = HINT_SHARE, categories: Sequence[str] | None = None,
-                 question_share: float = 0.0, balanced_questions: bool = False):
+                 question_share: float = 0.0, question_weights: Sequence[float] | None = None,
+                 unseen_share: float = 0.0):
         if not defect_titles:
             raise ValueError("note reading needs the defect titles of the training data")
         for name, share in (("above_share", above_share), ("hint_share", hint_share),
-                            ("question_share", question_share)):
+                            ("question_share", question_share), ("unseen_share", unseen_share)):
             if not 0.0 <= share <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1], got {share}")
-        if question_share and not categories:
-            raise ValueError("questions about a note need the categories its products come from")
+        if (question_share or unseen_share) and not categories:
+            raise ValueError("questions about a note and invented products need the categories of the known products")
+        if question_weights is not None and (len(question_weights) != len(QUESTION_KINDS)
+                                             or min(question_weights) < 0 or not sum(question_weights)):
+            raise ValueError(f"question_weights needs {len(QUESTION_KINDS)} non-negative weights "
+                             f"({', '.join(QUESTION_KINDS)}), not all zero; got {question_weights}")
         self.titles = sorted(set(defect_titles))
         self.categories = sorted(categories) if categories else None
         self.above_share, self.hint_share, self.question_share = above_share, hint_share, question_share
-        self.balanced_questions = balanced_questions
+        self.question_weights = tuple(question_weights) if question_weights is not None else None
+        self.unseen_share = unseen_share
+        self.invented = invented_products() if unseen_share else []
         self.rng = random.Random(seed)
 
     def _ratio(self, above_share: float | None = None) -> float:
@@ -105,13 +136,15 @@ class NoteReadingSampler:
         from judo_model.data.questions import (LetterBalancer, anomaly_detection, defect_questions,
                                                object_classification)
 
+        if self.unseen_share and self.rng.random() < self.unseen_share:
+            return self._with_unseen_product()
         ratio, box = self._ratio(), self._box()
         facts = category_facts(self.rng.choice(self.categories))
         defect = self.rng.choice(sorted(facts.defects))
         title = facts.defects[defect].title if self.rng.random() < self.hint_share else None
         if self.rng.random() >= self.question_share:
             return self._pair(ratio, box, title, format_note(ratio, box, title, facts.display_name))
-        kind = self.rng.choice(QUESTION_KINDS) if self.balanced_questions else None
+        kind = self.rng.choices(QUESTION_KINDS, weights=self.question_weights)[0] if self.question_weights else None
         if kind == "Anomaly Detection":
             ratio = self._ratio(above_share=0.5)
         elif kind is not None and kind != "Object Classification":  # a defect question needs a named defect
@@ -126,6 +159,30 @@ class NoteReadingSampler:
         question = asked[self.rng.randrange(len(asked))] if kind is None else asked[QUESTION_KINDS.index(kind)]
         return self._pair(ratio, box, title, note, [Question(question.Question, dict(question.Options))],
                           [question.Options[question.Answer]])
+
+    def _with_unseen_product(self) -> tuple[JudoPrompt, str]:
+        """A note naming an invented product, without a hint; perhaps asked whether it is defective or
+        which product it shows (the other questions need a product's knowledge)."""
+        from judo_model.data.knowledge import category_facts
+        from judo_model.data.questions import OBJECT_QUESTION, LetterBalancer, anomaly_detection
+
+        name, box = self.rng.choice(self.invented), self._box()
+        if self.rng.random() >= self.question_share:
+            ratio = self._ratio()
+            return self._pair(ratio, box, None, format_note(ratio, box, None, name))
+        weights = self.question_weights[:2] if self.question_weights else None
+        kind = self.rng.choices(QUESTION_KINDS[:2], weights=weights)[0]
+        ratio = self._ratio(above_share=0.5 if weights and kind == QUESTION_KINDS[0] else None)
+        balancer = LetterBalancer(np.random.default_rng(self.rng.randrange(2 ** 32)))
+        if kind == QUESTION_KINDS[0]:
+            question = anomaly_detection(note_says_above(ratio), balancer)
+        else:
+            known = [category_facts(c).display_name for c in self.categories]
+            known = self.rng.sample(known, min(3, len(known)))
+            invented = self.rng.sample([other for other in self.invented if other != name], 3)
+            question = balancer.ask(OBJECT_QUESTION, kind, name, self.rng.sample(known + invented, 3))
+        return self._pair(ratio, box, None, format_note(ratio, box, None, name),
+                          [Question(question.Question, dict(question.Options))], [question.Options[question.Answer]])
 
     def batch(self, size: int) -> list[tuple[JudoPrompt, str]]:
         return [self() for _ in range(size)]

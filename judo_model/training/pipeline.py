@@ -127,7 +127,8 @@ def train(data_dir: str | Path, out_dir: str | Path, stage: str = "all", recipe:
                                   hint_share=recipe.note_hint_share,
                                   categories=sorted({e.category for e in examples}) if with_products else None,
                                   question_share=recipe.note_question_share if with_products else 0.0,
-                                  balanced_questions=recipe.note_balanced_questions)
+                                  question_weights=recipe.note_question_weights or None,
+                                  unseen_share=recipe.note_unseen_share if with_products else 0.0)
 
     def stage0_draw(seed: int):
         """Stage 0's batches: plain notes for ``note_plain_steps`` steps, then the recipe's notes."""

@@ -11,13 +11,13 @@ STAGES = ("note", "seg", "sft", "grpo")
 class Recipe:
     """Steps and switches of one training run (the ``tiny`` preset's defaults ship the checkpoint)."""
 
-    note_steps: int = 3100
+    note_steps: int = 3700
     note_batch_size: int = 16
     note_lr: float = 1e-3
     note_above_share: float = 0.85
     note_hint_share: float = 0.95
     seg_steps: int = 300
-    sft_steps: int = 600
+    sft_steps: int = 700
     grpo_steps: int = 0
     batch_size: int = 8
     seg_lr: float = 1e-3
@@ -41,7 +41,11 @@ class Recipe:
     note_question_share: float = 0.5
     #: with product_note, the first this many Stage 0 steps read plain notes (the copy forms first)
     note_plain_steps: int = 2500
-    #: Stage 0 questions: every kind equally often, Anomaly Detection half yes, half no
-    note_balanced_questions: bool = True
+    #: Stage 0 questions: how often each kind is asked (note_reading.QUESTION_KINDS' order: Anomaly
+    #: Detection, half yes and half no; Object, Defect Classification; Localization; Description;
+    #: Analysis); empty: any question the note allows, uniformly
+    note_question_weights: tuple[float, ...] = (1.0, 1.5, 1.0, 1.0, 2.0, 2.0)
+    #: share of Stage 0's product notes that name an invented product (copying a name never seen)
+    note_unseen_share: float = 0.15
     seed: int = 0
     threads: int = 1
