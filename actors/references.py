@@ -249,11 +249,13 @@ class DefectExemplars:
 
     STORE_FORMAT = DEFECTS_FORMAT
 
-    def __init__(self, product: str, backbone: BackboneConfig, extractor: FeatureExtractor | None = None):
+    def __init__(self, product: str, backbone: BackboneConfig, extractor: FeatureExtractor | None = None,
+                 crop_fraction: float = EXEMPLAR_CROP_FRACTION):
         if extractor is not None and extractor.config != backbone:
             raise ValueError(f"defect exemplars of {product!r} were described with {backbone}, not {extractor.config}")
         self.product = product
         self.backbone = backbone
+        self.crop_fraction = crop_fraction
         self._extractor = extractor
         self._preprocess = Preprocessor(PreprocessConfig(size=EXEMPLAR_CROP_SIDE, mode="squash"))
         self.labels: list[str] = []
@@ -283,7 +285,7 @@ class DefectExemplars:
         crops = []
         for frame, anomaly_map in zip(frames, anomaly_maps, strict=True):
             rgb = as_rgb_frame(frame)
-            top, left, bottom, right = peak_crop_box(resize_map(anomaly_map, *rgb.shape[:2]), EXEMPLAR_CROP_FRACTION)
+            top, left, bottom, right = peak_crop_box(resize_map(anomaly_map, *rgb.shape[:2]), self.crop_fraction)
             crops.append(np.ascontiguousarray(rgb[top:bottom, left:right]))
         return self.describe(crops)
 
@@ -296,11 +298,15 @@ class DefectExemplars:
 
     @classmethod
     def build(cls, product: str, frames: Sequence[Frame], anomaly_maps: Sequence[np.ndarray],
-              labels: Sequence[str], ids: Sequence[str], batch_size: int = 32) -> "DefectExemplars":
+              labels: Sequence[str], ids: Sequence[str], batch_size: int = 32,
+              backbone: BackboneConfig | None = None, crop_fraction: float = EXEMPLAR_CROP_FRACTION
+              ) -> "DefectExemplars":
+        """The library of ``frames`` (their anomaly maps, labels and ids); ``backbone`` and
+        ``crop_fraction`` default to the chosen ones and are saved with it."""
         if not (len(frames) == len(anomaly_maps) == len(labels) == len(ids)) or not labels:
             raise ValueError(f"need as many (>0) frames, maps, labels and ids; got {len(frames)}, "
                              f"{len(anomaly_maps)}, {len(labels)}, {len(ids)}")
-        exemplars = cls(product, exemplar_backbone())
+        exemplars = cls(product, backbone or exemplar_backbone(), crop_fraction=crop_fraction)
         exemplars._index(np.concatenate([
             exemplars.crop_descriptors(frames[i:i + batch_size], anomaly_maps[i:i + batch_size])
             for i in range(0, len(frames), batch_size)]), labels, ids)
@@ -343,7 +349,7 @@ class DefectExemplars:
             raise RuntimeError("nothing to save: no defect exemplars")
         meta = {"format": self.STORE_FORMAT, "format_version": DEFECTS_FORMAT_VERSION, "product": self.product,
                 "backbone": self.backbone.model_dump(mode="json"),
-                "crop_fraction": EXEMPLAR_CROP_FRACTION, "crop_side": EXEMPLAR_CROP_SIDE,
+                "crop_fraction": self.crop_fraction, "crop_side": EXEMPLAR_CROP_SIDE,
                 "labels": self.labels, "ids": self.ids}
         return write_store(directory, DEFECTS_FILES, meta, self.descriptors, self.index)
 
@@ -353,7 +359,8 @@ class DefectExemplars:
                                               "exemplar library")
         if len(meta["labels"]) != len(descriptors):
             raise BankFormatError(f"{directory}: {len(descriptors)} descriptors for {len(meta['labels'])} labels")
-        exemplars = cls(meta["product"], BackboneConfig.model_validate(meta["backbone"]), extractor)
+        exemplars = cls(meta["product"], BackboneConfig.model_validate(meta["backbone"]), extractor,
+                        crop_fraction=meta["crop_fraction"])
         exemplars.labels, exemplars.ids = list(meta["labels"]), list(meta["ids"])
         exemplars.descriptors, exemplars.index = descriptors, index
         return exemplars

@@ -101,8 +101,12 @@ ROWS = {
     "balanced-questions": ("make train with row note-questions' Stage 0 in one run (2 500 plain note steps, then 600 "
                            "naming a product, half with a question), the questions balanced: every kind equally often, "
                            "Anomaly Detection answered yes and no equally often (--note-balanced-questions yes); "
-                           "boxes refined at the validation-chosen cut 0.6 (shipped checkpoint since this row)",
+                           "boxes refined at the validation-chosen cut 0.6 (previous shipped)",
                            None),
+    "sharper-hints": ("make train with type hints from deeper exemplar blocks (4, 10, 15) and closer crops (a fifth "
+                      "of the side), Stage 0's 600 product notes asking each kind with its own weight (AD 1, OC 1.5, "
+                      "DC 1, DL 1, DD 2, DA 2) and 15 % of them naming an invented product; steps as row "
+                      "balanced-questions", None),
 }
 SUBSETS = {"test": ("mmad.json", 1), "heldout": ("mmad_heldout.json", 2), "verdicts": ("mmad.json", 4)}
 #: How the answerer picks an option (``judo eval mmad --mode``): the letter its generated answer
@@ -301,6 +305,84 @@ def cmd_region_cut(args) -> None:
               "images": {split: len(by_cut[0.0]) for split, by_cut in ious.items()}}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "region_cut.json").write_text(json.dumps(result, indent=1))
+
+
+#: Exemplar settings ``hint-sweep`` compares: Lite0 blocks and crop side (share of the image side).
+HINT_BLOCKS = ((2, 4, 10), (4, 10, 15), (10, 15), (15,))
+HINT_CROPS = (0.15, 0.2, 0.25, 0.35)
+HINT_VOTES = (1, 3, 5, 7)
+
+
+def cmd_hint_sweep(args) -> None:
+    """Choose the defect exemplars' blocks, crop and votes without a test image.
+
+    Per category, the labelled training defects are the library (as ``prepare_evidence`` builds
+    it); each is labelled by the others (leave one out) and each validation defect by all of them.
+    Only the setting in use is also scored on the test defects, for the record.
+    """
+
+    from actors.features import BackboneConfig
+    from actors.references import EXEMPLAR_BLOCKS, EXEMPLAR_CROP_FRACTION, EXEMPLAR_VOTES, DefectExemplars
+    from judo_model.data.knowledge import defect_title
+    from judo_model.imaging import load_image
+    from judo_model.training.evidence import load_evidence, prepare_evidence
+
+    prepare_evidence(args.data)
+    evidence = load_evidence(args.data)
+    manifest = json.loads((args.data / "splits.json").read_text())
+    defects = [e for e in manifest["images"] if e["label"] != "good"]
+    by_split = {split: {c: [e for e in defects if e["split"] == split and e["category"] == c]
+                        for c in manifest["categories"]} for split in ("train", "val", "test")}
+    images = {e["key"]: load_image(args.data / e["key"]) for e in defects}
+
+    def score(blocks, crop, splits):
+        """Right labels per (split, votes), over every category with a library."""
+        right = {(split, k): 0 for split in splits for k in HINT_VOTES}
+        backbone = BackboneConfig(blocks=blocks, threads=1)
+        for category, library in by_split["train"].items():
+            if not library:
+                continue
+            exemplars = DefectExemplars.build(category, [images[e["key"]] for e in library],
+                                              [evidence.anomaly_map(e["key"]) for e in library],
+                                              [defect_title(category, e["label"]) for e in library],
+                                              [e["key"] for e in library], backbone=backbone, crop_fraction=crop)
+            for split in splits:
+                queries = library if split == "loo" else by_split[split][category]
+                if split == "loo":
+                    descriptors, exclude = exemplars.descriptors, list(range(len(library)))
+                else:
+                    descriptors = exemplars.crop_descriptors([images[e["key"]] for e in queries],
+                                                             [evidence.anomaly_map(e["key"]) for e in queries])
+                    exclude = None
+                truth = [defect_title(category, e["label"]) for e in queries]
+                for k in HINT_VOTES:
+                    labels = exemplars.vote(descriptors, k=k, exclude=exclude)
+                    right[split, k] += sum(label == t for label, t in zip(labels, truth))
+        return right
+
+    counts = {"loo": sum(len(v) for v in by_split["train"].values()), "val": sum(len(v) for v in by_split["val"].values()),
+              "test": sum(len(v) for c, v in by_split["test"].items() if by_split["train"][c])}
+    rows = []
+    for blocks in HINT_BLOCKS:
+        for crop in HINT_CROPS:
+            right = score(blocks, crop, ("loo", "val"))
+            for k in HINT_VOTES:
+                rows.append({"blocks": list(blocks), "crop": crop, "votes": k,
+                             "loo": right["loo", k] / counts["loo"], "val": right["val", k] / counts["val"],
+                             "both": (right["loo", k] + right["val", k]) / (counts["loo"] + counts["val"])})
+    best = max(rows, key=lambda row: row["both"])
+    in_use = {"blocks": list(EXEMPLAR_BLOCKS), "crop": EXEMPLAR_CROP_FRACTION, "votes": EXEMPLAR_VOTES}
+    in_use["test"] = score(EXEMPLAR_BLOCKS, EXEMPLAR_CROP_FRACTION, ("test",))["test", EXEMPLAR_VOTES] / counts["test"]
+    print(f"| blocks | crop | votes | train, leave one out ({counts['loo']}) | val ({counts['val']}) | both |")
+    print("|---|---|---|---|---|---|")
+    for row in sorted(rows, key=lambda row: -row["both"])[:args.top]:
+        mark = " (in use)" if all(row[key] == in_use[key] for key in ("blocks", "crop", "votes")) else ""
+        print(f"| {tuple(row['blocks'])}{mark} | {row['crop']} | {row['votes']} | {row['loo']:.3f} | {row['val']:.3f} "
+              f"| {row['both']:.3f} |")
+    print(f"best on train + val: {best}; in use: {in_use} ({counts['test']} test defects)")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "hint_sweep.json").write_text(json.dumps({"images": counts, "rows": rows, "best": best,
+                                                          "in_use": in_use}, indent=1))
 
 
 #: Seed of the notes ``notes`` checks: none of the training samplers' (seed, seed + 7).
@@ -508,6 +590,10 @@ def main() -> None:
     cut.add_argument("--checkpoint", type=Path, required=True)
     cut.add_argument("--threads", type=int, default=1)
     cut.set_defaults(func=cmd_region_cut)
+    hints = commands.add_parser("hint-sweep", help="choose the defect exemplars' blocks and crop on train and val")
+    hints.add_argument("--data", type=Path, required=True)
+    hints.add_argument("--top", type=int, default=12, help="rows of the printed table")
+    hints.set_defaults(func=cmd_hint_sweep)
     notes = commands.add_parser("notes", help="Stage 0 copy rates of one checkpoint on fresh text-only notes")
     notes.add_argument("--data", type=Path, required=True, help="the training data (for its defect titles)")
     notes.add_argument("--name", required=True)

@@ -11,13 +11,13 @@ STAGES = ("note", "seg", "sft", "grpo")
 class Recipe:
     """Steps and switches of one training run (the ``tiny`` preset's defaults ship the checkpoint)."""
 
-    note_steps: int = 3700
+    note_steps: int = 3100
     note_batch_size: int = 16
     note_lr: float = 1e-3
     note_above_share: float = 0.85
     note_hint_share: float = 0.95
     seg_steps: int = 300
-    sft_steps: int = 700
+    sft_steps: int = 600
     grpo_steps: int = 0
     batch_size: int = 8
     seg_lr: float = 1e-3
