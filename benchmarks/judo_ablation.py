@@ -106,7 +106,7 @@ ROWS = {
     "sharper-hints": ("make train with type hints from deeper exemplar blocks (4, 10, 15) and closer crops (a fifth "
                       "of the side), Stage 0's 600 product notes asking each kind with its own weight (AD 1, OC 1.5, "
                       "DC 1, DL 1, DD 2, DA 2) and 15 % of them naming an invented product; steps as row "
-                      "balanced-questions", None),
+                      "balanced-questions (shipped checkpoint since this row)", None),
 }
 SUBSETS = {"test": ("mmad.json", 1), "heldout": ("mmad_heldout.json", 2), "verdicts": ("mmad.json", 4)}
 #: How the answerer picks an option (``judo eval mmad --mode``): the letter its generated answer

@@ -73,3 +73,23 @@ def test_a_product_without_labelled_examples_has_no_hint(tmp_path, library):
     assert service.defect_hint("bottle", frame, np.zeros((64, 64), np.float32)) is None
     assert service.defect_types("bottle") is None
     assert service.defect_evidence("bottle", frame, np.zeros((64, 64), np.float32)) == (None, None)
+
+
+def test_a_bank_saved_by_an_older_release_is_fitted_again(library, tmp_path):
+    """The demo's cached assets outlive a release: a library in an older format is refitted, not fatal."""
+    import json
+    import shutil
+
+    from actors.references import DEFECTS_FORMAT_VERSION
+    from pipelines.demo import prepare_banks
+
+    banks, _ = library
+    assets = tmp_path / "assets"
+    shutil.copytree(banks["bottle"].parent.parent, assets)
+    meta_file = assets / "banks" / "bottle" / REFERENCES_SUBDIR / DEFECTS_SUBDIR / "defects.json"
+    meta = json.loads(meta_file.read_text())
+    meta_file.write_text(json.dumps({**meta, "format_version": DEFECTS_FORMAT_VERSION - 1}))
+    refreshed = prepare_banks(assets, ("bottle",), images_per_category=40)
+    assert json.loads(meta_file.read_text())["format_version"] == DEFECTS_FORMAT_VERSION
+    original = ReferenceIndex.load(banks["bottle"] / REFERENCES_SUBDIR).defects
+    assert ReferenceIndex.load(refreshed["bottle"] / REFERENCES_SUBDIR).defects.labels == original.labels
