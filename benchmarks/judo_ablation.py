@@ -107,6 +107,9 @@ ROWS = {
                       "of the side), Stage 0's 600 product notes asking each kind with its own weight (AD 1, OC 1.5, "
                       "DC 1, DL 1, DD 2, DA 2) and 15 % of them naming an invented product; steps as row "
                       "balanced-questions (shipped checkpoint since this row)", None),
+    "sharper-hints-verdict-first": ("the checkpoint of row sharper-hints answering after its question-free verdict: "
+                                    "reasoning, verdict and region written without the question, the answer after "
+                                    "them with it (--verdict-first)", None),
 }
 SUBSETS = {"test": ("mmad.json", 1), "heldout": ("mmad_heldout.json", 2), "verdicts": ("mmad.json", 4)}
 #: How the answerer picks an option (``judo eval mmad --mode``): the letter its generated answer
@@ -172,9 +175,10 @@ def cmd_eval(args) -> None:
     from judo_model.training.answerer import load_juxtaposed_answerer
 
     torch.set_num_threads(args.threads)
-    answerer = load_juxtaposed_answerer(args.checkpoint, args.data, name=f"judo-{args.row}", mode=args.mode)
+    answerer = load_juxtaposed_answerer(args.checkpoint, args.data, name=f"judo-{args.row}", mode=args.mode,
+                                        verdict_first=args.verdict_first)
     result = {"row": args.row, "description": ROWS[args.row][0], "checkpoint": str(args.checkpoint),
-              "recipe": recipe_summary(args.checkpoint), "mode": args.mode}
+              "recipe": recipe_summary(args.checkpoint), "mode": args.mode, "verdict_first": args.verdict_first}
     suffix = MODE_SUFFIX[args.mode]
     for name in args.subsets:
         file = subset_file(args.data, name)
@@ -578,6 +582,7 @@ def main() -> None:
     ev.add_argument("--latency", type=int, default=0, help="also time N verdicts")
     ev.add_argument("--threads", type=int, default=1)
     ev.add_argument("--mode", choices=list(MODE_SUFFIX), default="generate")
+    ev.add_argument("--verdict-first", action="store_true", help="answers written after the question-free verdict")
     ev.set_defaults(func=cmd_eval)
     verdicts = commands.add_parser("verdicts", help="verdict, type and region of one checkpoint, no questions")
     verdicts.add_argument("--data", type=Path, required=True)

@@ -51,7 +51,7 @@ def _run_eval_mmad(args: argparse.Namespace) -> int:
 
     dataset = MMADDataset(args.data, args.questions)
     answerer = load_answerer(args.model, seed=args.seed, data_dir=args.data, questions_file=args.questions,
-                             mode=args.mode)
+                             mode=args.mode, verdict_first=args.verdict_first)
     result = evaluate(dataset, answerer, shots=args.shots, use_domain_knowledge=args.domain_knowledge,
                       limit=args.limit, similar_templates=args.similar_templates,
                       progress=lambda items: tqdm(items, desc=f"MMAD {answerer.name}", unit="img"))
@@ -111,6 +111,8 @@ def register_eval(subparsers: argparse._SubParsersAction) -> None:
     mmad.add_argument("--mode", choices=ANSWER_MODES, default="generate",
                       help="match the generated answer to an option, decode the answer as one of the options "
                            "(guided), or pick the most likely option")
+    mmad.add_argument("--verdict-first", action="store_true",
+                      help="write the verdict without the question first, then the answer after it")
     mmad.add_argument("--out", type=Path, required=True, help="answers file; the table goes to *_accuracy.csv")
     mmad.set_defaults(func=_run_eval_mmad)
 

@@ -122,12 +122,14 @@ class JudoModel:
         evidence_note: str | None = None,
         defect_types: Sequence[str] | None = None,
         answer_options: Sequence[str] | None = None,
+        prefix: str = "",
     ) -> tuple[str, ParsedOutput]:
         """Greedy-decode one answer; returns the raw text and its parse.
 
         ``defect_types`` (the product's known defect types) constrains the verdict's type to
         one of them, ``answer_options`` each ``<answer>`` to one of those texts
-        (:class:`ChoiceConstraint`); None decodes the slot freely.
+        (:class:`ChoiceConstraint`); None decodes the slot freely. ``prefix`` is taken as
+        already written by the model (the raw text returned starts with it).
         """
         prompt = build_prompt(
             reference_image=reference_image,
@@ -137,7 +139,7 @@ class JudoModel:
             questions=questions,
             domain_knowledge=domain_knowledge,
         )
-        return self.generate_from_prompt(prompt, max_new_tokens, defect_types, answer_options)
+        return self.generate_from_prompt(prompt, max_new_tokens, defect_types, answer_options, prefix)
 
     @torch.inference_mode()
     def generate_from_prompt(
@@ -146,15 +148,16 @@ class JudoModel:
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         defect_types: Sequence[str] | None = None,
         answer_options: Sequence[str] | None = None,
+        prefix: str = "",
     ) -> tuple[str, ParsedOutput]:
         """:meth:`generate` for a prompt already built (e.g. Stage 0's text-only notes)."""
-        inputs = self._encode(prompt)
+        inputs = self._encode(prompt, prefix)
         constraint = ChoiceConstraint.for_output(self.processor.tokenizer, inputs["input_ids"].shape[1],
                                                  defect_types=defect_types, answer_options=answer_options)
         output_ids = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                          logits_processor=LogitsProcessorList([constraint] if constraint else []))
         new_ids = output_ids[0, inputs["input_ids"].shape[1] :]
-        raw = self.processor.tokenizer.decode(new_ids, skip_special_tokens=True)
+        raw = prefix + self.processor.tokenizer.decode(new_ids, skip_special_tokens=True)
         return raw, parse_output(raw)
 
     @torch.inference_mode()
@@ -215,6 +218,13 @@ class JudoModel:
         return total / continuation_ids.shape[1] if length_normalized else total
 
 
+def verdict_prefix(raw_output: str) -> str:
+    """The generated reasoning, verdict and region: the text up to and including ``</region>``
+    (all of it where there is none), as a prefix the answers are then written after."""
+    region_end = raw_output.find("</region>")
+    return raw_output[: region_end + len("</region>")] if region_end >= 0 else raw_output.rstrip()
+
+
 def answer_prefix(raw_output: str) -> str:
     """The generated text up to and including the first ``<answer>`` (added when missing)."""
     position = raw_output.find(ANSWER_OPEN)
@@ -237,15 +247,23 @@ class JudoMMADAnswerer:
     coordinates) for the harness's grounding metrics, with the refined mask and the anomaly
     map when the model object can give them (``grounding(query_image, boxes)``, as
     :class:`judo_model.training.answerer.JuxtaposedJudo` does).
+
+    ``verdict_first`` writes the reasoning, verdict and region as the pipeline does, without
+    the question in the prompt, and then the answer after them with the question: a question in
+    the prompt moved the tiny model's own verdict (measured: "defective" for 12 of 40 normal
+    images with the Anomaly Detection question, 5 without), and every answer is then about the
+    verdict the pipeline would give.
     """
 
-    def __init__(self, judo: JudoModel, name: str, mode: str = "generate", max_new_tokens: int = 128):
+    def __init__(self, judo: JudoModel, name: str, mode: str = "generate", max_new_tokens: int = 128,
+                 verdict_first: bool = False):
         if mode not in ANSWER_MODES:
             raise ValueError(f"mode must be one of {', '.join(ANSWER_MODES)}, got {mode!r}")
         self.judo = judo
         self.name = name
         self.mode = mode
         self.max_new_tokens = max_new_tokens
+        self.verdict_first = verdict_first
 
     def answer(self, query) -> GroundedAnswer:
         options: Mapping[str, str] = dict(query.options)
@@ -257,8 +275,12 @@ class JudoMMADAnswerer:
             domain_knowledge=query.domain_knowledge,
         )
         guided = list(options.values()) if self.mode == "guided" else None
+        prefix = ""
+        if self.verdict_first:
+            verdict, _ = self.judo.generate(max_new_tokens=self.max_new_tokens, **prompt_kwargs)
+            prefix = verdict_prefix(verdict)
         raw, parsed = self.judo.generate(questions=[question], max_new_tokens=self.max_new_tokens,
-                                         answer_options=guided, **prompt_kwargs)
+                                         answer_options=guided, prefix=prefix, **prompt_kwargs)
         if self.mode == "likelihood":
             scores = self.judo.score_options(
                 question=question, reasoning_prefix=answer_prefix(raw), length_normalized=True, **prompt_kwargs
@@ -278,7 +300,8 @@ class JudoMMADAnswerer:
 
 
 def load_mmad_answerer(path: str | Path, mode: str = "generate", max_new_tokens: int = 128,
-                       data_dir: str | Path | None = None, questions_file: str = "mmad.json"):
+                       data_dir: str | Path | None = None, questions_file: str = "mmad.json",
+                       verdict_first: bool = False):
     """An MMAD answerer for the checkpoint folder at ``path``.
 
     A ``judo train`` checkpoint is prompted exactly as in training (image sizes, prefilter
@@ -291,5 +314,7 @@ def load_mmad_answerer(path: str | Path, mode: str = "generate", max_new_tokens:
         from judo_model.training.answerer import load_juxtaposed_answerer
 
         return load_juxtaposed_answerer(path, data_dir, max_new_tokens=max_new_tokens, mode=mode,
-                                        name=f"judo-{path.name}-{mode}", questions_file=questions_file)
-    return JudoMMADAnswerer(JudoModel.load(path), name=f"judo-{path.name}-{mode}", mode=mode, max_new_tokens=max_new_tokens)
+                                        name=f"judo-{path.name}-{mode}", questions_file=questions_file,
+                                        verdict_first=verdict_first)
+    return JudoMMADAnswerer(JudoModel.load(path), name=f"judo-{path.name}-{mode}", mode=mode, max_new_tokens=max_new_tokens,
+                            verdict_first=verdict_first)

@@ -15,7 +15,7 @@ from judo_model.imaging import encode_png
 from judo_model.inference import JudoModel, answer_prefix, load_mmad_answerer
 from judo_model.mmad.answerers import GroundedAnswer, MMADQuery
 from judo_model.modeling import apply_lora, count_parameters, load_model, save_checkpoint
-from judo_model.output import ParsedOutput, format_target
+from judo_model.output import ParsedOutput, format_target, parse_output
 from judo_model.presets import get_preset
 from judo_model.processing import JudoProcessor
 from judo_model.prompting import Question, build_prompt, collate_for_training, encode_for_generation, encode_for_training
@@ -193,6 +193,21 @@ def test_score_options_prefers_the_trained_answer(memorized_checkpoint):
     assert scores.keys() == {"A", "B"} and all(s <= 0 for s in scores.values())
     assert scores["A"] > scores["B"] + 1.0
     assert answer_prefix("<think>x</think><region>[]</region> trailing") == "<think>x</think><region>[]</region>\n<answer>"
+
+
+def test_generation_continues_after_a_given_verdict(memorized_checkpoint):
+    """``prefix`` is taken as written by the model: the answer comes after it (the answerer's
+    verdict-first mode), and ``verdict_prefix`` cuts a reply after its region."""
+    from judo_model.inference import verdict_prefix
+
+    judo = JudoModel.load(memorized_checkpoint)
+    prefix = verdict_prefix(DEFECT_TARGET)
+    assert prefix.endswith("</region>") and "<answer>" not in prefix
+    raw, parsed = judo.generate(reference_image(), defective_image(), questions=[DEFECT_QUESTION], prefix=prefix,
+                                answer_options=list(DEFECT_QUESTION.options.values()))
+    assert raw.startswith(prefix) and parsed.ok
+    assert parsed.answers == parse_output(DEFECT_TARGET).answers and parsed.boxes == parse_output(DEFECT_TARGET).boxes
+    assert verdict_prefix("<think>x</think> trailing ") == "<think>x</think> trailing"
 
 
 @pytest.mark.parametrize("mode", ["generate", "guided", "likelihood"])

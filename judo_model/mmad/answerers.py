@@ -105,12 +105,13 @@ class AnswererNotAvailable(RuntimeError):
 
 
 def load_answerer(spec: str, seed: int = 0, data_dir: str | Path | None = None,
-                  questions_file: str = "mmad.json", mode: str = "generate") -> Answerer:
+                  questions_file: str = "mmad.json", mode: str = "generate", verdict_first: bool = False) -> Answerer:
     """``baseline:random`` gives :class:`RandomAnswerer`; anything else is a checkpoint path.
 
     Checkpoints are loaded by ``judo_model.inference.load_mmad_answerer(path)``, imported
     only here so that evaluation of baselines needs no model code or weights; ``data_dir``
-    (the evaluated folder) gives checkpoints trained with prefilter evidence their banks.
+    (the evaluated folder) gives checkpoints trained with prefilter evidence their banks;
+    ``verdict_first``: see ``judo_model.inference.JudoMMADAnswerer``.
     """
     if spec == RANDOM_BASELINE:
         return RandomAnswerer(seed)
@@ -128,4 +129,4 @@ def load_answerer(spec: str, seed: int = 0, data_dir: str | Path | None = None,
     loader = getattr(inference, "load_mmad_answerer", None)
     if loader is None:
         raise AnswererNotAvailable("judo_model.inference has no load_mmad_answerer(path) function")
-    return loader(Path(spec), mode=mode, data_dir=data_dir, questions_file=questions_file)
+    return loader(Path(spec), mode=mode, data_dir=data_dir, questions_file=questions_file, verdict_first=verdict_first)

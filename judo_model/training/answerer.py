@@ -135,8 +135,8 @@ def template_banks_dir(data_dir: str | Path) -> Path:
 
 def load_juxtaposed_answerer(checkpoint: str | Path, data_dir: str | Path | None = None,
                              max_new_tokens: int = 96, name: str | None = None, mode: str = "generate",
-                             questions_file: str = "mmad.json") -> JudoMMADAnswerer:
-    """An MMAD answerer for a ``judo train`` checkpoint.
+                             questions_file: str = "mmad.json", verdict_first: bool = False) -> JudoMMADAnswerer:
+    """An MMAD answerer for a ``judo train`` checkpoint (``verdict_first``: see :class:`JudoMMADAnswerer`).
 
     Evidence comes from ``data_dir``'s cache and banks when ``judo train`` prepared them
     there; for any other MMAD-format folder, banks are fitted on its normal templates.
@@ -155,7 +155,8 @@ def load_juxtaposed_answerer(checkpoint: str | Path, data_dir: str | Path | None
         else:
             banks = BankEvidence(template_banks_dir(data_dir), mmad_templates(data_dir, questions_file))
     judo = JuxtaposedJudo(JudoModel.load(checkpoint), options, cache, banks)
-    return JudoMMADAnswerer(judo, name=name or f"judo-{checkpoint.name}", max_new_tokens=max_new_tokens, mode=mode)
+    return JudoMMADAnswerer(judo, name=name or f"judo-{checkpoint.name}", max_new_tokens=max_new_tokens, mode=mode,
+                            verdict_first=verdict_first)
 
 
 __all__ = ["JuxtaposedJudo", "load_juxtaposed_answerer", "mmad_templates"]
