@@ -324,7 +324,6 @@ def cmd_hint_sweep(args) -> None:
     it); each is labelled by the others (leave one out) and each validation defect by all of them.
     Only the setting in use is also scored on the test defects, for the record.
     """
-
     from actors.features import BackboneConfig
     from actors.references import EXEMPLAR_BLOCKS, EXEMPLAR_CROP_FRACTION, EXEMPLAR_VOTES, DefectExemplars
     from judo_model.data.knowledge import defect_title
@@ -351,13 +350,12 @@ def cmd_hint_sweep(args) -> None:
                                               [defect_title(category, e["label"]) for e in library],
                                               [e["key"] for e in library], backbone=backbone, crop_fraction=crop)
             for split in splits:
-                queries = library if split == "loo" else by_split[split][category]
                 if split == "loo":
-                    descriptors, exclude = exemplars.descriptors, list(range(len(library)))
+                    queries, descriptors, exclude = library, exemplars.descriptors, list(range(len(library)))
                 else:
+                    queries, exclude = by_split[split][category], None
                     descriptors = exemplars.crop_descriptors([images[e["key"]] for e in queries],
                                                              [evidence.anomaly_map(e["key"]) for e in queries])
-                    exclude = None
                 truth = [defect_title(category, e["label"]) for e in queries]
                 for k in HINT_VOTES:
                     labels = exemplars.vote(descriptors, k=k, exclude=exclude)

@@ -33,8 +33,9 @@ def prepare_banks(out: Path, products: tuple[str, ...], seed: int = 7, images_pe
                   console: Console | None = None, size: int = 256, bank_config=None) -> dict[str, Path]:
     """Fit one prefilter bank (with its reference index) per product from rendered normal images.
 
-    Cached under ``out``: a second demo run reuses the banks (and refits one an older release saved). ``size`` is the rendered image side and
-    ``bank_config`` an optional :class:`actors.prefilter.PatchCoreConfig` (small frames fit small banks).
+    Cached under ``out``: a second demo run reuses the banks (and refits one an older release
+    saved). ``size`` is the rendered image side and ``bank_config`` an optional
+    :class:`actors.prefilter.PatchCoreConfig` (small frames fit small banks).
     """
     from actors.prefilter import BankFormatError, fit_bank_from_folder
     from actors.references import REFERENCES_SUBDIR, ReferenceIndex
@@ -47,13 +48,13 @@ def prepare_banks(out: Path, products: tuple[str, ...], seed: int = 7, images_pe
                          size=size, heldout=())
     for product in products:
         bank_dir = out / "banks" / product
-        stale = None
-        if (bank_dir / "bank.json").exists():
+        fresh, stale = not (bank_dir / "bank.json").exists(), None
+        if not fresh:
             try:
                 ReferenceIndex.load(bank_dir / REFERENCES_SUBDIR)
             except BankFormatError as error:  # saved by an older release: fit again rather than fail
                 stale = str(error)
-        if stale or not (bank_dir / "bank.json").exists():
+        if fresh or stale:
             if console:
                 console.print(f"fitting the prefilter bank for [cyan]{product}[/]" + (f" ({stale})" if stale else ""))
             fit_bank_from_folder(data / "Synthetic", product, bank_dir, bank_config)

@@ -157,6 +157,10 @@ class NoteReadingSampler:
         if above and title:
             asked += defect_questions(facts, defect, boxes_to_mask([box], 100, 100), rng, balancer)
         question = asked[self.rng.randrange(len(asked))] if kind is None else asked[QUESTION_KINDS.index(kind)]
+        return self._asking(ratio, box, title, note, question)
+
+    def _asking(self, ratio: float, box, title: str | None, note: str, question) -> tuple[JudoPrompt, str]:
+        """:meth:`_pair` with one MMAD question after the note, answered by its right option's text."""
         return self._pair(ratio, box, title, note, [Question(question.Question, dict(question.Options))],
                           [question.Options[question.Answer]])
 
@@ -181,8 +185,7 @@ class NoteReadingSampler:
             known = self.rng.sample(known, min(3, len(known)))
             invented = self.rng.sample([other for other in self.invented if other != name], 3)
             question = balancer.ask(OBJECT_QUESTION, kind, name, self.rng.sample(known + invented, 3))
-        return self._pair(ratio, box, None, format_note(ratio, box, None, name),
-                          [Question(question.Question, dict(question.Options))], [question.Options[question.Answer]])
+        return self._asking(ratio, box, None, format_note(ratio, box, None, name), question)
 
     def batch(self, size: int) -> list[tuple[JudoPrompt, str]]:
         return [self() for _ in range(size)]
