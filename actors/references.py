@@ -23,6 +23,7 @@ from typing import Sequence
 
 import faiss
 import numpy as np
+import torch
 
 from actors.features import (
     BackboneConfig,
@@ -78,10 +79,16 @@ _SHARED_EXTRACTORS: dict[str, FeatureExtractor] = {}
 
 
 def shared_extractor(config: BackboneConfig) -> FeatureExtractor:
-    """One loaded backbone per configuration and process, shared by every product's library."""
+    """One loaded backbone per configuration and process, shared by every product's library.
+
+    Loading a backbone sets torch's thread count to its config's; a library loads its backbone on
+    the first frame it labels, long after the service set the process's count, so it is kept.
+    """
     key = config.model_dump_json()
     if key not in _SHARED_EXTRACTORS:
+        threads = torch.get_num_threads()
         _SHARED_EXTRACTORS[key] = FeatureExtractor(config)
+        torch.set_num_threads(threads)
     return _SHARED_EXTRACTORS[key]
 
 

@@ -93,3 +93,20 @@ def test_a_bank_saved_by_an_older_release_is_fitted_again(library, tmp_path):
     assert json.loads(meta_file.read_text())["format_version"] == DEFECTS_FORMAT_VERSION
     original = ReferenceIndex.load(banks["bottle"] / REFERENCES_SUBDIR).defects
     assert ReferenceIndex.load(refreshed["bottle"] / REFERENCES_SUBDIR).defects.labels == original.labels
+
+
+def test_a_library_loading_its_backbone_keeps_the_services_thread_count():
+    """The exemplar backbone is loaded on the first frame a library labels: the reference service's
+    thread count (set after loading its indexes) must survive that."""
+    import torch
+
+    from actors.references import shared_extractor
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        unseen = exemplar_backbone().model_copy(update={"neighbourhood": 5})  # not loaded by any other test
+        assert shared_extractor(unseen).config.threads == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
