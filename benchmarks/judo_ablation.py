@@ -106,7 +106,14 @@ ROWS = {
     "sharper-hints": ("make train with type hints from deeper exemplar blocks (4, 10, 15) and closer crops (a fifth "
                       "of the side), Stage 0's 600 product notes asking each kind with its own weight (AD 1, OC 1.5, "
                       "DC 1, DL 1, DD 2, DA 2) and 15 % of them naming an invented product; steps as row "
-                      "balanced-questions (shipped checkpoint since this row)", None),
+                      "balanced-questions (previous shipped)", None),
+    "evidence-folds": ("make train with the recipe of row sharper-hints on evidence version 7: normal training "
+                       "images' maps from banks of the other 7 of 8 folds (halves before, which made their notes say "
+                       "'above' twice as often), and type hints from exemplar block 15 alone (shipped checkpoint "
+                       "since this row)", None),
+    "cue-answers-only": ("row evidence-folds with Stage 2 learning only the answers of prompts that ask a defect "
+                         "question: their reasoning, verdict and region are context, not targets "
+                         "(--sft-cue-answers-only yes; Stage 2 rerun from row evidence-folds' Stage 1)", None),
     "sharper-hints-verdict-first": ("the checkpoint of row sharper-hints answering after its question-free verdict: "
                                     "reasoning, verdict and region written without the question, the answer after "
                                     "them with it (--verdict-first)", None),

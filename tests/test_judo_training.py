@@ -216,13 +216,46 @@ def test_stage_batches_replay_notes_and_can_name_the_notes_type(data_dir, exampl
     notes = NoteReadingSampler(defect_titles(examples), seed=1)
     config = SFTConfig(steps=1, note_replay=0.25, type_from_note=True)
     pairs = supervised_pairs(examples, PromptOptions(), evidence, config, questions=False, notes=notes)(400)
-    text_only = [p for p, _ in pairs if not p.images]
+    text_only = [p for p, *_ in pairs if not p.images]
     assert 60 <= len(text_only) <= 140, "about a quarter of the batch reads notes without images"
-    hinted = [(p, parse_output(t)) for p, t in pairs if p.images and "Nearest labelled defect: " in str(p.messages)]
+    hinted = [(p, parse_output(t)) for p, t, *_ in pairs if p.images and "Nearest labelled defect: " in str(p.messages)]
     named = [(p, parsed) for p, parsed in hinted if parsed.defect]
     assert named, "some defective images carry a defect hint"
     for prompt, parsed in named:
         assert f"Nearest labelled defect: {parsed.defect_type}." in str(prompt.messages)
+
+
+def test_prompts_asking_a_defect_question_can_learn_their_answers_only(data_dir, examples):
+    from judo_model.data.questions import DEFECT_PREFIX
+    from judo_model.modeling import load_model
+    from judo_model.output import ANSWER_OPEN
+    from judo_model.prompting import IGNORE_INDEX
+    from judo_model.training.data import PromptOptions
+    from judo_model.training.encoding import CachedEncoder
+    from judo_model.training.evidence import load_evidence
+    from judo_model.training.sft import SFTConfig, supervised_pairs
+
+    evidence = load_evidence(data_dir)
+    config = SFTConfig(steps=1, replay=0.3, cue_answers_only=True)
+    pairs = supervised_pairs(examples, PromptOptions(), evidence, config)(300)
+    asks_defect_question = [DEFECT_PREFIX in str(p.messages) for p, _, _ in pairs]
+    cued = [pair for pair, asks in zip(pairs, asks_defect_question) if asks]
+    others = [pair for pair, asks in zip(pairs, asks_defect_question) if not asks]
+    assert cued and all(start == t.index(ANSWER_OPEN) > 0 for _, t, start in cued)
+    assert others and all(start == 0 for _, _, start in others), "verdicts are learned where no defect question is asked"
+    assert not any(start for _, _, start in supervised_pairs(examples, PromptOptions(), evidence,
+                                                            SFTConfig(steps=1, replay=0.3))(300)), "off by default"
+
+    _, processor = load_model("tiny")
+    encoder = CachedEncoder(processor)
+    prompt, target, start = cued[0]
+    whole = encoder.encode(prompt, target)
+    answers_only = encoder.encode(prompt, target, start)
+    assert torch.equal(whole["input_ids"], answers_only["input_ids"]), "the same tokens, only fewer are learned"
+    learned = answers_only["labels"][0] != IGNORE_INDEX
+    assert 0 < int(learned.sum()) < int((whole["labels"][0] != IGNORE_INDEX).sum())
+    text = processor.tokenizer.decode(answers_only["input_ids"][0][learned])
+    assert text.startswith(ANSWER_OPEN) and "<defect>" not in text
 
 
 def test_defect_classification_answer_can_name_another_type(examples):

@@ -162,7 +162,8 @@ def train(data_dir: str | Path, out_dir: str | Path, stage: str = "all", recipe:
             config = SFTConfig(recipe.sft_steps, recipe.batch_size, recipe.sft_lr, seed=recipe.seed + 1,
                                single_question=recipe.single_question, replay=recipe.sft_replay,
                                note_replay=recipe.sft_note_replay, type_from_note=recipe.type_from_note,
-                               answer_type_from_note=recipe.answer_type_from_note)
+                               answer_type_from_note=recipe.answer_type_from_note,
+                               cue_answers_only=recipe.sft_cue_answers_only)
             curve = train_supervised(model, processor, examples, prompt_options(recipe, True), evidence, config,
                                      "sft", encoder=encoder, notes=replayed_notes(config.seed))
         else:

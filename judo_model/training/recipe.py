@@ -47,5 +47,9 @@ class Recipe:
     note_question_weights: tuple[float, ...] = (1.0, 1.5, 1.0, 1.0, 2.0, 2.0)
     #: share of Stage 0's product notes that name an invented product (copying a name never seen)
     note_unseen_share: float = 0.15
+    #: Stage 2 learns only the answers of prompts that ask a defect question ("There is a defect in
+    #: the object..."): their reasoning, verdict and region are context, not targets, so that a
+    #: question in the prompt never teaches the verdict "defective" (it moved 12 of 40 normal images)
+    sft_cue_answers_only: bool = False
     seed: int = 0
     threads: int = 1

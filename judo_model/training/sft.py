@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from judo_model.mmad.format import DEFECT_QUESTION_TYPES
+from judo_model.output import ANSWER_OPEN
 from judo_model.prompting import IGNORE_INDEX, JudoPrompt, collate_for_training
 from judo_model.training.data import (BalancedSampler, Example, PromptOptions, evidence_hint, example_prompt,
                                       note_type, target_for)
@@ -40,6 +42,8 @@ class SFTConfig:
     note_replay: float = 0.0
     type_from_note: bool = False
     answer_type_from_note: bool = False
+    #: prompts with a defect question learn their answers only (see Recipe.sft_cue_answers_only)
+    cue_answers_only: bool = False
 
 
 @dataclass
@@ -89,37 +93,40 @@ def train_supervised(model, processor, examples: list[Example], options: PromptO
 
 def supervised_pairs(examples: list[Example], options: PromptOptions, evidence, config: SFTConfig,
                      questions: bool = True, notes: Callable[[], tuple[JudoPrompt, str]] | None = None
-                     ) -> Callable[[int], list[tuple[JudoPrompt, str]]]:
-    """Batches of (prompt, target) pairs for Stage 1 (``questions=False``) or Stage 2.
+                     ) -> Callable[[int], list[tuple]]:
+    """Batches of (prompt, target[, learn_from]) for Stage 1 (``questions=False``) or Stage 2.
 
     With ``notes`` (Stage 0's sampler), a share ``config.note_replay`` of every batch is
     text-only note reading, so that the images do not wash the copying out again. With
     ``config.type_from_note`` the verdict names the type the note names, where it names one,
-    and with ``config.answer_type_from_note`` so does the Defect Classification answer.
+    and with ``config.answer_type_from_note`` so does the Defect Classification answer. With
+    ``config.cue_answers_only`` a prompt asking a defect question learns from its first answer on
+    (``learn_from``: that character of the target).
     """
     sampler = BalancedSampler(examples, seed=config.seed, single_question=config.single_question, questions=questions,
                               replay=config.replay)
     rng = random.Random(config.seed + 1)
     replay_rng = random.Random(config.seed + 2)
 
-    def pair(example: Example) -> tuple[JudoPrompt, str]:
+    def pair(example: Example) -> tuple[JudoPrompt, str, int]:
         hinted = note_type(example, options, evidence)
-        return (example_prompt(example, options, evidence, rng),
-                target_for(example, hint=evidence_hint(example, options, evidence),
-                           named_type=hinted if config.type_from_note else None,
-                           answered_type=hinted if config.answer_type_from_note else None))
+        target = target_for(example, hint=evidence_hint(example, options, evidence),
+                            named_type=hinted if config.type_from_note else None,
+                            answered_type=hinted if config.answer_type_from_note else None)
+        cued = config.cue_answers_only and any(kind in DEFECT_QUESTION_TYPES for kind in example.question_types)
+        return example_prompt(example, options, evidence, rng), target, target.index(ANSWER_OPEN) if cued else 0
 
-    def draw(size: int) -> list[tuple[JudoPrompt, str]]:
+    def draw(size: int) -> list[tuple]:
         return [notes() if notes is not None and replay_rng.random() < config.note_replay else pair(sampler())
                 for _ in range(size)]
 
     return draw
 
 
-def train_on_pairs(model, processor, draw: Callable[[int], list[tuple[JudoPrompt, str]]], config: SFTConfig,
+def train_on_pairs(model, processor, draw: Callable[[int], list[tuple]], config: SFTConfig,
                    stage: str, encoder: CachedEncoder | None = None,
                    on_step: Callable[[int, float], None] | None = None) -> Curve:
-    """Train ``model`` in place on ``config.steps`` batches of (prompt, target) pairs from ``draw``."""
+    """Train ``model`` in place on ``config.steps`` batches of (prompt, target[, learn_from]) from ``draw``."""
     encoder = encoder or CachedEncoder(processor)
     pad = processor.tokenizer.pad_token_id
     parameters = [p for p in model.parameters() if p.requires_grad]
@@ -134,7 +141,7 @@ def train_on_pairs(model, processor, draw: Callable[[int], list[tuple[JudoPrompt
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config)
-        encoded = [encoder.encode(prompt, target) for prompt, target in draw(config.batch_size)]
+        encoded = [encoder.encode(*pair) for pair in draw(config.batch_size)]
         loss = target_loss(model, collate_for_training(encoded, pad))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
