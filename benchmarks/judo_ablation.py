@@ -114,6 +114,9 @@ ROWS = {
     "cue-answers-only": ("row evidence-folds with Stage 2 learning only the answers of prompts that ask a defect "
                          "question: their reasoning, verdict and region are context, not targets "
                          "(--sft-cue-answers-only yes; Stage 2 rerun from row evidence-folds' Stage 1)", None),
+    "sft-note-replay": ("row evidence-folds with a fifth of every Stage 2 batch replaying Stage 0 notes (product notes, "
+                        "half with a question, 15 % of them naming an invented product; --sft-note-replay 0.2; "
+                        "Stage 2 rerun from row evidence-folds' Stage 1)", None),
     "sharper-hints-verdict-first": ("the checkpoint of row sharper-hints answering after its question-free verdict: "
                                     "reasoning, verdict and region written without the question, the answer after "
                                     "them with it (--verdict-first)", None),
