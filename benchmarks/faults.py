@@ -60,7 +60,8 @@ def markdown(results: dict) -> str:
         *[f"* `{f.name}`: {f.what}." for f in FAULTS.values()],
         "",
         f"Broker outage and pipeline down time: {s['outage_s']:g} s (plus the time to stop and start); "
-        f"the stalled replica holds every request that reaches it for {s['stall_s']:g} s.",
+        f"the stalled replica wedges on the next request that reaches it and holds that request, and every "
+        f"one arriving meanwhile, for {s['stall_s']:g} s.",
         "",
         "## Columns",
         "",

@@ -268,7 +268,7 @@ FAULTS = {f.name: f for f in [
           observe=_prefilter_answers),
     Fault("judo_replica_killed", "a JUDO Serve replica killed (Serve replaces it)", _judo_replica_killed,
           observe=_judo_replicas_after),
-    Fault("judo_replica_stalled", "a JUDO replica stalled past the request timeout", _judo_replica_stalled,
+    Fault("judo_replica_stalled", "a JUDO replica wedged by its next request, past the request timeout", _judo_replica_stalled,
           observe=_judo_replicas_after),
     Fault("pipeline_restarted", "the whole pipeline stopped and started again, same consumer group",
           _pipeline_restarted),

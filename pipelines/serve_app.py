@@ -150,6 +150,7 @@ def build_judo_deployment(config):
             self.bearer_token = bearer_token
             self.infer_batch.set_max_batch_size(judo.max_batch_size)
             self.infer_batch.set_batch_wait_timeout_s(judo.batch_wait_timeout_s)
+            self.stall_armed_s = 0.0
             self.stalled_until = 0.0
 
         @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.05)
@@ -157,17 +158,21 @@ def build_judo_deployment(config):
             return await asyncio.to_thread(self.replica.infer, requests)
 
         async def infer(self, request: JudoFrameRequest) -> Verdict:
+            if self.stall_armed_s:
+                self.stalled_until, self.stall_armed_s = time.monotonic() + self.stall_armed_s, 0.0
             stall = self.stalled_until - time.monotonic()
             if stall > 0:
                 await asyncio.sleep(stall)
             return await self.infer_batch(request)
 
         def inject_stall(self, seconds: float) -> str:
-            """Fault injection for :mod:`pipelines.faults`: requests reaching this replica in the next
-            ``seconds`` hang until then, as behind a wedged accelerator. Returns the replica's actor name."""
+            """Fault injection for :mod:`pipelines.faults`: the next request to reach this replica wedges
+            it for ``seconds`` (that request and every one arriving meanwhile hang until then), as a hung
+            accelerator would. Armed until a request comes, so the stall always catches one however the
+            router spreads the load. Returns the replica's actor name."""
             import ray
 
-            self.stalled_until = time.monotonic() + seconds
+            self.stall_armed_s = seconds
             return ray.get_runtime_context().get_actor_name()
 
         async def __call__(self, http_request):
