@@ -15,11 +15,15 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--blocks", type=int, nargs="+", help="Lite0 blocks for patch features (default 2 4 10)")
     g.add_argument("--sampler", choices=("greedy", "random"), help="coreset sampler (default greedy)")
     g.add_argument("--coreset-ratio", type=float, help="fraction of patches kept (default 0.1)")
+    g.add_argument("--position-norm", choices=("auto", "on", "off"),
+                   help="divide patch distances by each canvas cell's held-out normal level (default auto: "
+                        "kept if the labelled defect examples are told apart at least as well)")
     g.add_argument("--threads", type=int, help="torch/faiss threads (default 2)")
     g.add_argument("--target-routing-rate", type=float, default=0.05,
                    help="false-positive routing rate the threshold aims at (default 0.05)")
     g.add_argument("--folds", type=int, default=5,
-                   help="k-fold calibration on train/good when there is no validation/good (default 5)")
+                   help="k-fold held-out train/good: the cell levels, and the threshold when there is no "
+                        "validation/good (default 5)")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -43,6 +47,8 @@ def config_from_args(args: argparse.Namespace):
         top["sampler"] = args.sampler
     if args.coreset_ratio is not None:
         top["coreset_ratio"] = args.coreset_ratio
+    if args.position_norm is not None:
+        top["position_norm"] = args.position_norm
     return base.model_copy(
         update={"preprocess": PreprocessConfig(**pre), "backbone": BackboneConfig(**back), **top}
     )
@@ -63,6 +69,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
         f"canvas {bank.config.preprocess.resolved_canvas()}, threshold {cal.threshold:.3f} "
         f"({cal.method}, target routing {cal.target_routing_rate:.0%}) -> {args.out}"
     )
+    report = bank.position_norm_report
+    if report and "auroc_with" in report:
+        Console().print(f"cell levels {'kept' if report['used'] else 'dropped'}: AUROC {report['auroc_with']:.3f} "
+                        f"with, {report['auroc_without']:.3f} without, on {report['defect_examples']} labelled "
+                        f"defect examples against {report['normal_frames']} held-out normal frames")
     return 0
 
 

@@ -41,11 +41,13 @@ from actors.features import (
 )
 
 BANK_FORMAT = "judo-patchcore"
-BANK_FORMAT_VERSION = 1
+BANK_FORMAT_VERSION = 2
 #: metadata, config and calibration (json)
 BANK_META = "bank.json"
 #: metadata (json), memory bank vectors (npy), faiss index of the bank
 BANK_FILES = (BANK_META, "memory.npy", "index.faiss")
+#: per-cell normal levels (npy), present when the bank divides by them (:class:`CellLevels`)
+CELL_LEVELS_FILE = "cell_levels.npy"
 
 
 class BankFormatError(ValueError):
@@ -99,6 +101,15 @@ class PatchCoreConfig(BaseModel):
     coreset_max: int = Field(20000, ge=1, description="cap the bank so search stays fast")
     projection_dim: int = Field(64, ge=8, description="random projection for k-center greedy")
     map_sigma: float = Field(4.0, ge=0, description="Gaussian sigma of the pixel map (canvas px)")
+    position_norm: Literal["auto", "on", "off"] = Field(
+        "auto", description="divide each patch distance by the typical held-out normal distance at its canvas cell "
+        "(CellLevels); 'auto' keeps that only if the product's labelled defect examples are told from normal "
+        "frames at least as well with it as without (on when it has none)"
+    )
+    position_norm_floor: float = Field(
+        0.2, ge=0, description="added to every cell's level, as a fraction of the mean level, so cells that normal "
+        "frames match closely do not turn small distances into large scores"
+    )
     batch_size: int = Field(16, ge=1)
     seed: int = 0
 
@@ -273,6 +284,51 @@ class Calibration:
         }
 
 
+def frame_maxima(grids: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Image scores: the maximum of each frame's grid over its content cells."""
+    return np.where(valid, grids, -np.inf).reshape(len(grids), -1).max(axis=1).astype(np.float32)
+
+
+def _cell_levels(sums: np.ndarray, counts: np.ndarray, floor: float) -> np.ndarray:
+    overall = float(sums.sum()) / max(int(counts.sum()), 1)
+    per_cell = np.where(counts > 0, sums / np.maximum(counts, 1), overall)
+    return (per_cell + floor * overall).astype(np.float32)
+
+
+@dataclass
+class CellLevels:
+    """Typical distance of held-out normal patches to the bank at each canvas cell (floor included).
+
+    Why: with a fixed camera some places (a tile's grout lines, a part's rim) sit far from every
+    bank patch on every normal frame, so the plain maximum is set there and a fainter defect
+    elsewhere stays below the threshold. Divided by the level of its cell, a patch scores how
+    unusual it is *for that place*. Levels come from k-fold held-out normal frames, so they are
+    what a new normal frame looks like, not the bank's own (near-zero) training distances.
+    """
+
+    levels: np.ndarray  # (gh, gw) float32
+
+    @classmethod
+    def from_heldout(cls, grids: np.ndarray, valid: np.ndarray, floor: float) -> "CellLevels":
+        """Mean held-out grid per cell (cells no frame covers take the overall mean), plus the floor."""
+        return cls(_cell_levels(np.where(valid, grids, 0.0).sum(0), valid.sum(0), floor))
+
+    @staticmethod
+    def leave_one_out(grids: np.ndarray, valid: np.ndarray, floor: float) -> np.ndarray:
+        """Each held-out grid divided by the levels of all the others: how a new normal frame scores."""
+        sums, counts = np.where(valid, grids, 0.0).sum(0), valid.sum(0)
+        out = np.empty_like(grids, dtype=np.float32)
+        for i in range(len(grids)):
+            own = np.where(valid[i], grids[i], 0.0)
+            out[i] = grids[i] / _cell_levels(sums - own, counts - valid[i], floor)
+        return out
+
+    def normalise(self, grids: np.ndarray) -> np.ndarray:
+        if grids.shape[-2:] != self.levels.shape:
+            raise ValueError(f"cell levels are {self.levels.shape}, the grids {grids.shape[-2:]}")
+        return (grids / self.levels).astype(np.float32)
+
+
 class PatchCoreBank:
     """Memory bank of normal patch features for one product (optionally one camera).
 
@@ -299,6 +355,8 @@ class PatchCoreBank:
         self.revision = 0
         self.n_images = 0
         self.calibration: Calibration | None = None
+        self.cell_levels: CellLevels | None = None
+        self.position_norm_report: dict | None = None
 
     # -- embedding -------------------------------------------------------------------
     @property
@@ -331,7 +389,8 @@ class PatchCoreBank:
         return self.fit_embedded(self.embed(rgb, "embed normal frames" if progress else None))
 
     def fresh_fit(self, embedded: Embedded) -> "PatchCoreBank":
-        """A new bank with this one's config and backbone, fitted on ``embedded``."""
+        """A new bank with this one's config and backbone, fitted on ``embedded`` (no cell levels:
+        its scores are raw distances)."""
         bank = PatchCoreBank(self.config, self.embedder.extractor, self.product, self.camera)
         return bank.fit_embedded(embedded)
 
@@ -405,18 +464,22 @@ class PatchCoreBank:
         return self.score_embedded(self.embed(frames))
 
     def score_embedded(self, embedded: Embedded) -> ScoreResult:
+        """Nearest-bank distance per patch, divided by the cell levels when the bank has them."""
         self._require_fitted()
         dist = self._nn_distances(embedded.patches())
         grids = np.zeros(embedded.valid.shape, np.float32)
         grids[embedded.valid] = dist
-        scores = np.empty(len(embedded), np.float32)
+        if self.cell_levels is not None:
+            grids = self.cell_levels.normalise(grids)
+        return self.result_from_grids(grids, embedded)
+
+    def result_from_grids(self, grids: np.ndarray, embedded: Embedded) -> ScoreResult:
+        """Scores and maps from patch grids of ``embedded`` (padding cells take the frame's minimum)."""
+        grids = grids.astype(np.float32, copy=True)
         for i in range(len(embedded)):
-            vals = grids[i][embedded.valid[i]]
-            scores[i] = vals.max()
-            grids[i][~embedded.valid[i]] = vals.min()
-        return ScoreResult(
-            scores, grids, embedded.placements, self.config.preprocess.resolved_canvas(), self.config.map_sigma
-        )
+            grids[i][~embedded.valid[i]] = grids[i][embedded.valid[i]].min()
+        return ScoreResult(frame_maxima(grids, embedded.valid), grids, embedded.placements,
+                           self.config.preprocess.resolved_canvas(), self.config.map_sigma)
 
     # -- persistence -----------------------------------------------------------------
     def metadata(self) -> dict:
@@ -432,12 +495,19 @@ class PatchCoreBank:
             "feature_dim": int(self.memory.shape[1]) if self.memory.size else 0,
             "coverage_radius": self.coverage_radius,
             "calibration": self.calibration.to_dict() if self.calibration else None,
+            "position_norm": self.position_norm_report,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
 
     def save(self, directory: str | Path) -> Path:
         self._require_fitted()
-        return write_store(directory, BANK_FILES, self.metadata(), self.memory, self.index)
+        directory = write_store(directory, BANK_FILES, self.metadata(), self.memory, self.index)
+        levels_file = directory / CELL_LEVELS_FILE
+        if self.cell_levels is not None:
+            np.save(levels_file, self.cell_levels.levels, allow_pickle=False)
+        else:
+            levels_file.unlink(missing_ok=True)
+        return directory
 
     @classmethod
     def load(cls, directory: str | Path, extractor: FeatureExtractor | None = None) -> "PatchCoreBank":
@@ -449,6 +519,11 @@ class PatchCoreBank:
         bank.n_images = int(meta["n_images"])
         if meta.get("calibration"):
             bank.calibration = Calibration(**meta["calibration"])
+        bank.position_norm_report = meta.get("position_norm")
+        if (Path(directory) / CELL_LEVELS_FILE).is_file():
+            bank.cell_levels = CellLevels(np.load(Path(directory) / CELL_LEVELS_FILE, allow_pickle=False))
+        elif (bank.position_norm_report or {}).get("used"):
+            raise BankFormatError(f"{directory}: the bank divides by cell levels but {CELL_LEVELS_FILE} is missing")
         return bank
 
 
@@ -492,23 +567,45 @@ class GaussianBaseline:
         return ScoreResult(scores, grids, embedded.placements, self.canvas, self.map_sigma)
 
 
-def heldout_normal_scores(
+def heldout_normal_grids(
     make_model: Callable[[Embedded], "SupportsScoreEmbedded"], embedded: Embedded, folds: int = 5, seed: int = 0
 ) -> np.ndarray:
-    """Scores of normal frames from models that did not see them (k-fold over the fit set).
+    """Patch-score grids of normal frames from models that did not see them (k-fold over the fit set).
 
     ``make_model(subset)`` returns a fitted model with ``score_embedded``; features are
     embedded once and reused by every fold.
     """
     n = len(embedded)
     if n < 2:
-        raise ValueError("k-fold calibration needs at least 2 normal frames")
+        raise ValueError("k-fold held-out scoring needs at least 2 normal frames")
     order = np.random.default_rng(seed).permutation(n)
-    scores = np.empty(n, np.float32)
-    for held in tqdm(np.array_split(order, min(folds, n)), desc="k-fold calibration", leave=False):
+    grids = np.empty(embedded.valid.shape, np.float32)
+    for held in tqdm(np.array_split(order, min(folds, n)), desc="k-fold held-out normals", leave=False):
         model = make_model(embedded.subset(np.setdiff1d(order, held)))
-        scores[held] = model.score_embedded(embedded.subset(held)).scores
-    return scores
+        grids[held] = model.score_embedded(embedded.subset(held)).grids
+    return grids
+
+
+def heldout_normal_scores(
+    make_model: Callable[[Embedded], "SupportsScoreEmbedded"], embedded: Embedded, folds: int = 5, seed: int = 0
+) -> np.ndarray:
+    """Image scores of :func:`heldout_normal_grids`."""
+    return frame_maxima(heldout_normal_grids(make_model, embedded, folds, seed), embedded.valid)
+
+
+def choose_position_norm(defects_raw: np.ndarray, defects_normalised: np.ndarray, normals_raw: np.ndarray,
+                         normals_normalised: np.ndarray) -> dict:
+    """Whether dividing by the cell levels tells labelled defects from normals at least as well
+    (AUROC, ties keep the levels): the evidence is saved with the bank."""
+    from actors.prefilter_eval import auroc
+
+    def separation(defects: np.ndarray, normals: np.ndarray) -> float:
+        labels = np.r_[np.ones(len(defects), bool), np.zeros(len(normals), bool)]
+        return float(auroc(labels, np.r_[defects, normals]))
+
+    without, with_levels = separation(defects_raw, normals_raw), separation(defects_normalised, normals_normalised)
+    return {"used": with_levels >= without, "defect_examples": len(defects_raw), "normal_frames": len(normals_raw),
+            "auroc_without": round(without, 4), "auroc_with": round(with_levels, 4)}
 
 
 def fit_calibrated(
@@ -566,16 +663,19 @@ class PrefilterScorer:
         product: str = "",
         camera: str | None = None,
         extractor: FeatureExtractor | None = None,
+        defect_frames: Sequence[Frame] | None = None,
     ) -> "PrefilterScorer":
         """Fit a bank on ``normal_frames`` and calibrate its threshold.
 
         With ``validation_frames`` (normal, unseen) the threshold comes from their
-        scores; otherwise from k-fold held-out scores of the fit frames.
+        scores; otherwise from k-fold held-out scores of the fit frames. ``defect_frames``
+        (labelled defect examples, optional) decide ``position_norm='auto'``.
         """
         bank = PatchCoreBank(config, extractor, product, camera)
         embedded = bank.embed(bank.set_canvas_from(normal_frames), "embed normal frames")
         validation = bank.embed(validation_frames) if validation_frames else None
-        return cls.fit_embedded(bank, embedded, validation, target_routing_rate, folds)
+        defects = bank.embed(defect_frames) if defect_frames else None
+        return cls.fit_embedded(bank, embedded, validation, target_routing_rate, folds, defects)
 
     @classmethod
     def fit_embedded(
@@ -585,12 +685,48 @@ class PrefilterScorer:
         validation: Embedded | None = None,
         target_routing_rate: float = 0.05,
         folds: int = 5,
+        defects: Embedded | None = None,
     ) -> "PrefilterScorer":
-        """As :meth:`fit`, from frames already embedded with ``bank``'s canvas."""
-        fitted, calibration = fit_calibrated(
-            bank.fresh_fit, embedded, validation, target_routing_rate, folds, bank.config.seed
-        )
-        fitted.calibration = calibration
+        """As :meth:`fit`, from frames already embedded with ``bank``'s canvas.
+
+        Unless ``position_norm`` is off, k-fold held-out grids of ``embedded`` give the
+        :class:`CellLevels`; under 'auto' they are kept only if the labelled ``defects`` are told
+        from held-out normals at least as well with them (AUROC) as without. The threshold is then
+        set on held-out normals scored the way the bank will score: ``validation`` when given,
+        else the k-fold grids (divided by leave-one-out levels when the bank keeps them).
+        """
+        config = bank.config
+        fitted = bank.fresh_fit(embedded)
+        if validation is not None and len(validation):
+            normal_grids, normal_valid = fitted.score_embedded(validation).grids, validation.valid
+            method, heldout = "validation/good", None
+        else:
+            normal_grids, normal_valid = None, embedded.valid
+            method = f"{min(folds, len(embedded))}-fold train/good"
+        if config.position_norm != "off" or normal_grids is None:
+            heldout = heldout_normal_grids(bank.fresh_fit, embedded, folds, config.seed)
+            if normal_grids is None:
+                normal_grids = heldout
+        normal_scores = frame_maxima(normal_grids, normal_valid)
+        if config.position_norm != "off":
+            levels = CellLevels.from_heldout(heldout, embedded.valid, config.position_norm_floor)
+            if normal_grids is heldout:
+                normalised = CellLevels.leave_one_out(heldout, embedded.valid, config.position_norm_floor)
+            else:
+                normalised = levels.normalise(normal_grids)
+            normalised_scores = frame_maxima(normalised, normal_valid)
+            report = {"mode": config.position_norm, "used": True, "floor": config.position_norm_floor,
+                      "heldout_frames": len(embedded), "folds": min(folds, len(embedded))}
+            if config.position_norm == "auto" and defects is not None and len(defects):
+                raw = fitted.score_embedded(defects)
+                report.update(choose_position_norm(
+                    raw.scores, frame_maxima(levels.normalise(raw.grids), defects.valid),
+                    normal_scores, normalised_scores))
+            if report["used"]:
+                fitted.cell_levels, normal_scores = levels, normalised_scores
+                method += ", cell levels" + (" leave-one-out" if normal_grids is heldout else "")
+            fitted.position_norm_report = report
+        fitted.calibration = Calibration.from_normal_scores(normal_scores, target_routing_rate, method)
         return cls(fitted)
 
     def route(self, frames: Sequence[Frame], with_grids: bool = False) -> list[Verdict]:
@@ -659,16 +795,17 @@ def fit_bank_from_folder(
     bank = PatchCoreBank(config, product=cat.name, camera=camera)
     embedded = bank.embed(bank.set_canvas_from([s.load_image() for s in train]), "embed train/good")
     val = bank.embed([s.load_image() for s in validation]) if validation else None
-    scorer = PrefilterScorer.fit_embedded(bank, embedded, val, target_routing_rate, folds)
+    examples = labelled_defect_examples(cat.root)
+    defects = bank.embed([load_image(path) for path, _ in examples]) if examples else None
+    scorer = PrefilterScorer.fit_embedded(bank, embedded, val, target_routing_rate, folds, defects)
     out = scorer.save(out)
     references = ReferenceIndex.from_embedded(
         cat.name, scorer.bank.config, embedded, [s.sample_id for s in train], [str(s.path) for s in train],
         scorer.bank.embedder.extractor,
     )
-    examples = labelled_defect_examples(cat.root)
     if examples:
         frames = [load_image(path) for path, _ in examples]
-        scored = scorer.bank.score(frames)
+        scored = scorer.bank.score_embedded(defects)
         references.defects = DefectExemplars.build(
             cat.name, frames, [scored.anomaly_map(i) for i in range(len(frames))],
             [defect_title(cat.name, label) for _, label in examples],

@@ -29,6 +29,7 @@ from actors.prefilter import (
     GaussianBaseline,
     PatchCoreBank,
     PatchCoreConfig,
+    PrefilterScorer,
     ScoreResult,
     fit_calibrated,
 )
@@ -50,12 +51,14 @@ def default_method(config: PatchCoreConfig | None = None) -> EvalMethod:
 
 
 def baseline_methods() -> list[EvalMethod]:
-    """The anchor (plain PatchCore: 224 px squash, blocks 3+8, random 10 % bank) and PaDiM-style."""
+    """The anchor (plain PatchCore: 224 px squash, blocks 3+8, random 10 % bank, raw distances) and
+    PaDiM-style."""
     anchor = PatchCoreConfig(
         preprocess=PreprocessConfig(mode="squash"),
         backbone=BackboneConfig(blocks=(3, 8)),
         sampler="random",
         coreset_min=1,
+        position_norm="off",
     )
     return [
         EvalMethod(name="anchor_patchcore", config=anchor),
@@ -130,13 +133,10 @@ def fit_method(
 
         def make(e: Embedded) -> GaussianBaseline:
             return GaussianBaseline(canvas, map_sigma=bank.config.map_sigma).fit_embedded(e)
-    else:
-        make = bank.fresh_fit
-    model, calibration = fit_calibrated(make, embedded, val, target_routing_rate, folds, bank.config.seed)
-    if isinstance(model, PatchCoreBank):
-        model.calibration = calibration
-        bank = model
-    return FittedMethod(bank, model, calibration)
+        model, calibration = fit_calibrated(make, embedded, val, target_routing_rate, folds, bank.config.seed)
+        return FittedMethod(bank, model, calibration)
+    fitted = PrefilterScorer.fit_embedded(bank, embedded, val, target_routing_rate, folds).bank
+    return FittedMethod(fitted, fitted, fitted.calibration)
 
 
 def frames_per_second(score: Callable[[list], object], frames: list, batch: int, n_frames: int) -> float:

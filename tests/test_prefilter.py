@@ -54,7 +54,7 @@ def test_defective_frames_score_higher_than_good_ones(scorer, bottle):
 
 def test_calibration_comes_from_held_out_normals(scorer):
     cal = scorer.bank.calibration
-    assert cal.method == "5-fold train/good" and cal.n_normal == 10
+    assert cal.method == "5-fold train/good, cell levels leave-one-out" and cal.n_normal == 10
     assert cal.threshold > max(cal.normal_scores) * 0.9
     verdicts = scorer.route([np.zeros((300, 300, 3), np.uint8)])
     assert verdicts[0].suspect and verdicts[0].score > scorer.threshold

@@ -61,7 +61,8 @@ def test_fit_writes_a_calibrated_bank_and_references(dataset, tmp_path):
                  "--size", "96", "--target-routing-rate", "0.1"]) == 0
     scorer = PrefilterScorer.load(out)
     assert scorer.bank.product == "texture" and scorer.bank.config.preprocess.size == 96
-    assert scorer.bank.calibration.method == "validation/good" and scorer.bank.calibration.n_normal == 4
+    assert scorer.bank.calibration.method == "validation/good, cell levels" and scorer.bank.calibration.n_normal == 4
+    assert scorer.bank.position_norm_report["mode"] == "auto" and scorer.bank.cell_levels is not None
     assert (out / REFERENCES_SUBDIR / "references.json").is_file()
     assert _run(["prefilter", "score", "--bank", str(out), "--k", "2",
                  str(dataset / "texture" / "test" / "spot" / "000.png")]) == 0

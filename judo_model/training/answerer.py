@@ -100,11 +100,14 @@ class JuxtaposedJudo:
         return self.judo.score_options(**self._prompt_kwargs(reference_image, query_image), **kwargs)
 
     def grounding(self, query_image, boxes) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """(the boxes refined by the anomaly map, the anomaly map) at the query's size."""
+        """(the boxes refined by the anomaly map, the anomaly map over its routing threshold) at the
+        query's size: in threshold units, maps of products scored differently (raw distances, or
+        divided by cell levels) pool into one pixel AUROC."""
         if not self.options.evidence_route:
             return None, None
         query = _pixels(query_image)
-        anomaly_map = self.evidence(query_image, query)[0]
+        anomaly_map, threshold = self.evidence(query_image, query)[:2]
+        anomaly_map = anomaly_map / max(threshold, 1e-6)
         height, width = query.shape[:2]
         return refine_region(list(boxes), height, width, anomaly_map), anomaly_map
 

@@ -68,8 +68,10 @@ PRODUCT_FORMAT = " Nearest known product: {name}."
 REGION_CUT = 0.6
 #: 2: labelled-defect hints in the index; 3: hints by their answer names; 4: exemplar format 2; 5: products;
 #: 6: exemplar format 3 (deeper blocks, closer crops); 7: exemplar format 4, training normals' maps
-#: from :data:`TRAIN_MAP_FOLDS` folds
-EVIDENCE_VERSION = 7
+#: from :data:`TRAIN_MAP_FOLDS` folds; 8: banks divide by cell levels where that tells the labelled
+#: training defects apart better (``PatchCoreConfig.position_norm``), training normals' maps by
+#: leave-one-out levels
+EVIDENCE_VERSION = 8
 #: a normal training image's map comes from a bank fitted on the other folds' images: it must not
 #: be in the bank that scores it, and the bank should be nearly as large as the one that scores
 #: every other image. With halves, the notes of 13.5 % of the synthetic training normals said
@@ -222,17 +224,19 @@ def refine_region(boxes: Sequence[Box], height: int, width: int, anomaly_map: np
 
 def _fit_category(root: Path, category: str, entries: Sequence[dict], extractor, out: Path, progress):
     """Fit and save one category's bank and defect exemplars; return ({key: map}, threshold, {key: hint})."""
-    from actors.prefilter import PatchCoreConfig, PrefilterScorer
+    from actors.prefilter import CellLevels, PatchCoreConfig, PrefilterScorer, heldout_normal_grids
 
     def frames(rows):
         return [load_image(root / e["key"]) for e in rows]
 
     train_good = [e for e in entries if e["split"] == "train" and e["label"] == "good"]
+    train_defects = [e for e in entries if e["split"] == "train" and e["label"] != "good"]
     val_good = [e for e in entries if e["split"] == "val" and e["label"] == "good"]
     others = [e for e in entries if e not in train_good]
     train_frames = frames(train_good)
     scorer = PrefilterScorer.fit(train_frames, config=PatchCoreConfig(backbone=extractor.config),
-                                 validation_frames=frames(val_good) or None, product=category, extractor=extractor)
+                                 validation_frames=frames(val_good) or None, folds=TRAIN_MAP_FOLDS,
+                                 product=category, extractor=extractor, defect_frames=frames(train_defects) or None)
     scorer.save(out / BANKS_FOLDER / category)
     bank = scorer.bank
     maps: dict[str, np.ndarray] = {}
@@ -240,15 +244,12 @@ def _fit_category(root: Path, category: str, entries: Sequence[dict], extractor,
     for i, entry in enumerate(others):
         maps[entry["key"]] = result.anomaly_map(i)
     embedded = bank.embed(train_frames)
-    order = np.arange(len(train_good))
-    for fold in range(min(TRAIN_MAP_FOLDS, len(train_good))):
-        held = order[fold::TRAIN_MAP_FOLDS]
-        fit = np.setdiff1d(order, held)
-        if len(fit) == 0:
-            continue
-        result = bank.fresh_fit(embedded.subset(fit)).score_embedded(embedded.subset(held))
-        for j, i in enumerate(held):
-            maps[train_good[i]["key"]] = result.anomaly_map(j)
+    grids = heldout_normal_grids(bank.fresh_fit, embedded, TRAIN_MAP_FOLDS, bank.config.seed)
+    if bank.cell_levels is not None:
+        grids = CellLevels.leave_one_out(grids, embedded.valid, bank.config.position_norm_floor)
+    result = bank.result_from_grids(grids, embedded)
+    for i, entry in enumerate(train_good):
+        maps[entry["key"]] = result.anomaly_map(i)
     hints = _defect_hints(root, category, entries, maps, out)
     progress(category)
     return maps, float(scorer.threshold), hints
