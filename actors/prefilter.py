@@ -1,9 +1,10 @@
 """Fast anomaly prefilter: a PatchCore-style memory bank per product, calibrated for routing.
 
 Every frame on the plant gets a score from :class:`PatchCoreBank` (nearest-neighbour
-distance of each locally aware patch feature to a coreset of normal patches); frames
-above the calibrated threshold are routed to the JUDO reasoner. The threshold is set
-on normal frames that the bank never saw, for a target routing (false-positive) rate.
+distance of each locally aware patch feature to a coreset of normal patches, divided by
+that canvas cell's normal level where :class:`CellLevels` help); frames above the
+calibrated threshold are routed to the JUDO reasoner. The threshold is set on normal
+frames that the bank never saw, for a target routing (false-positive) rate.
 
 The core (everything above the "Ray actor" section) has no Ray dependency; the
 actor at the bottom imports Ray only when its class is built.
@@ -778,8 +779,8 @@ def fit_bank_from_folder(
     Uses ``train/good`` for the bank and the references, ``validation/good`` (if any) for the
     threshold, and labelled defect examples (:data:`DEFECT_EXAMPLE_SPLITS`, if any, labelled by the
     names answers use: :func:`judo_model.data.knowledge.defect_title`) for the reference index's
-    defect exemplars; writes ``out/`` and ``out/references/``. One backbone
-    pass serves bank and references.
+    defect exemplars and for ``position_norm='auto'``; writes ``out/`` and ``out/references/``. One
+    backbone pass serves bank and references.
     """
     from actors.references import REFERENCES_SUBDIR, DefectExemplars, ReferenceIndex
     from judo_model.data.knowledge import defect_title
@@ -796,7 +797,8 @@ def fit_bank_from_folder(
     embedded = bank.embed(bank.set_canvas_from([s.load_image() for s in train]), "embed train/good")
     val = bank.embed([s.load_image() for s in validation]) if validation else None
     examples = labelled_defect_examples(cat.root)
-    defects = bank.embed([load_image(path) for path, _ in examples]) if examples else None
+    defect_frames = [load_image(path) for path, _ in examples]
+    defects = bank.embed(defect_frames) if examples else None
     scorer = PrefilterScorer.fit_embedded(bank, embedded, val, target_routing_rate, folds, defects)
     out = scorer.save(out)
     references = ReferenceIndex.from_embedded(
@@ -804,10 +806,9 @@ def fit_bank_from_folder(
         scorer.bank.embedder.extractor,
     )
     if examples:
-        frames = [load_image(path) for path, _ in examples]
         scored = scorer.bank.score_embedded(defects)
         references.defects = DefectExemplars.build(
-            cat.name, frames, [scored.anomaly_map(i) for i in range(len(frames))],
+            cat.name, defect_frames, [scored.anomaly_map(i) for i in range(len(defect_frames))],
             [defect_title(cat.name, label) for _, label in examples],
             [str(path.relative_to(cat.root)) for path, _ in examples])
     references.save(out / REFERENCES_SUBDIR)

@@ -109,13 +109,13 @@ ROWS = {
                       "balanced-questions (previous shipped)", None),
     "evidence-folds": ("make train with the recipe of row sharper-hints on evidence version 7: normal training "
                        "images' maps from banks of the other 7 of 8 folds (halves before, which made their notes say "
-                       "'above' twice as often), and type hints from exemplar block 15 alone (shipped checkpoint "
-                       "since this row)", None),
+                       "'above' twice as often), and type hints from exemplar block 15 alone (previous "
+                       "shipped)", None),
     "cell-levels": ("make train with the recipe of row evidence-folds on evidence version 8: prefilter banks divide "
                     "patch distances by each canvas cell's held-out normal level where that tells the category's "
                     "labelled training defects apart at least as well (9 of 12 categories; not screw, capsule, "
                     "cable), training normals' maps by leave-one-out levels; the threshold's above/below call is "
-                    "right for 91.7 % of the 192 test images (85.9 %)", None),
+                    "right for 91.7 % of the 192 test images (85.9 %; shipped checkpoint since this row)", None),
     "cue-answers-only": ("row evidence-folds with Stage 2 learning only the answers of prompts that ask a defect "
                          "question: their reasoning, verdict and region are context, not targets "
                          "(--sft-cue-answers-only yes; Stage 2 rerun from row evidence-folds' Stage 1)", None),
