@@ -32,6 +32,7 @@ from actors.prefilter import (
     PrefilterScorer,
     ScoreResult,
     fit_calibrated,
+    labelled_defect_examples,
 )
 from judo_model.data.mvtec import MVTecCategory, discover_categories
 
@@ -51,8 +52,8 @@ def default_method(config: PatchCoreConfig | None = None) -> EvalMethod:
 
 
 def baseline_methods() -> list[EvalMethod]:
-    """The anchor (plain PatchCore: 224 px squash, blocks 3+8, random 10 % bank, raw distances) and
-    PaDiM-style."""
+    """Ours without cell levels (raw distances), the anchor (plain PatchCore: 224 px squash, blocks
+    3+8, random 10 % bank, raw distances) and PaDiM-style."""
     anchor = PatchCoreConfig(
         preprocess=PreprocessConfig(mode="squash"),
         backbone=BackboneConfig(blocks=(3, 8)),
@@ -61,6 +62,7 @@ def baseline_methods() -> list[EvalMethod]:
         position_norm="off",
     )
     return [
+        EvalMethod(name="patchcore_raw", config=PatchCoreConfig(position_norm="off")),
         EvalMethod(name="anchor_patchcore", config=anchor),
         EvalMethod(name="padim_gaussian", kind="gaussian", config=PatchCoreConfig()),
     ]
@@ -124,7 +126,10 @@ def fit_method(
     target_routing_rate: float,
     folds: int,
     extractor: FeatureExtractor | None = None,
+    defect_examples: Sequence[np.ndarray] = (),
 ) -> FittedMethod:
+    """Fit and calibrate ``method``; labelled ``defect_examples`` (never test images) decide
+    ``position_norm='auto'`` as in :func:`actors.prefilter.fit_bank_from_folder`."""
     bank = PatchCoreBank(method.config, extractor)
     embedded = bank.embed(bank.set_canvas_from(train), f"{method.name}: embed train/good")
     val = bank.embed(validation) if validation else None
@@ -135,7 +140,8 @@ def fit_method(
             return GaussianBaseline(canvas, map_sigma=bank.config.map_sigma).fit_embedded(e)
         model, calibration = fit_calibrated(make, embedded, val, target_routing_rate, folds, bank.config.seed)
         return FittedMethod(bank, model, calibration)
-    fitted = PrefilterScorer.fit_embedded(bank, embedded, val, target_routing_rate, folds).bank
+    defects = bank.embed(list(defect_examples)) if len(defect_examples) else None
+    fitted = PrefilterScorer.fit_embedded(bank, embedded, val, target_routing_rate, folds, defects).bank
     return FittedMethod(fitted, fitted, fitted.calibration)
 
 
@@ -171,15 +177,18 @@ def evaluate_category(
     extractor: FeatureExtractor | None = None,
 ) -> dict:
     """Fit, calibrate and score one category with one method; returns the metric dict."""
+    from judo_model.imaging import load_image
+
     train = [s.load_image() for s in category.split("train", "good")]
     validation = [s.load_image() for s in category.split("validation", "good")]
+    examples = [load_image(path) for path, _ in labelled_defect_examples(category.root)]
     test_samples = category.split("test")
     test = [s.load_image() for s in test_samples]
     labels = np.array([s.is_anomalous for s in test_samples])
     with_masks = any(s.mask_path is not None for s in test_samples if s.is_anomalous)
     with PeakMemory() as mem:
         t0 = time.perf_counter()
-        fitted = fit_method(method, train, validation, target_routing_rate, folds, extractor)
+        fitted = fit_method(method, train, validation, target_routing_rate, folds, extractor, examples)
         fit_s = time.perf_counter() - t0
         result = fitted.score(test)
         fps1 = frames_per_second(fitted.score, test, 1, speed_frames // 2)

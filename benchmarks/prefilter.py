@@ -57,7 +57,7 @@ def plot(results: dict[str, dict[str, dict[str, dict]]], path: Path) -> None:
             fps = per_method[method]["mean"]["fps_batch16"]
             ax.bar([i + j * width for i in range(len(cats))], vals, width,
                    label=f"{method} ({fps:.0f} fps b16)")
-        ax.set_xticks([i + width * (len(methods) - 1) / 2 for i in range(len(cats))], cats, rotation=20)
+        ax.set_xticks([i + width * (len(methods) - 1) / 2 for i in range(len(cats))], cats, rotation=35, ha="right")
         ax.set_ylim(0.4, 1.02)
         ax.axhline(0.95, color="grey", lw=0.8, ls="--")
         ax.set_title(f"{dataset}: image AUROC")
