@@ -587,13 +587,6 @@ def heldout_normal_grids(
     return grids
 
 
-def heldout_normal_scores(
-    make_model: Callable[[Embedded], "SupportsScoreEmbedded"], embedded: Embedded, folds: int = 5, seed: int = 0
-) -> np.ndarray:
-    """Image scores of :func:`heldout_normal_grids`."""
-    return frame_maxima(heldout_normal_grids(make_model, embedded, folds, seed), embedded.valid)
-
-
 def choose_position_norm(defects_raw: np.ndarray, defects_normalised: np.ndarray, normals_raw: np.ndarray,
                          normals_normalised: np.ndarray) -> dict:
     """Whether dividing by the cell levels tells labelled defects from normals at least as well
@@ -626,7 +619,7 @@ def fit_calibrated(
     if validation is not None and len(validation):
         normal, method = model.score_embedded(validation).scores, "validation/good"
     else:
-        normal = heldout_normal_scores(make_model, embedded, folds, seed)
+        normal = frame_maxima(heldout_normal_grids(make_model, embedded, folds, seed), embedded.valid)
         method = f"{min(folds, len(embedded))}-fold train/good"
     return model, Calibration.from_normal_scores(normal, target_routing_rate, method)
 
@@ -687,6 +680,7 @@ class PrefilterScorer:
         target_routing_rate: float = 0.05,
         folds: int = 5,
         defects: Embedded | None = None,
+        heldout: np.ndarray | None = None,
     ) -> "PrefilterScorer":
         """As :meth:`fit`, from frames already embedded with ``bank``'s canvas.
 
@@ -695,26 +689,27 @@ class PrefilterScorer:
         from held-out normals at least as well with them (AUROC) as without. The threshold is then
         set on held-out normals scored the way the bank will score: ``validation`` when given,
         else the k-fold grids (divided by leave-one-out levels when the bank keeps them).
+        ``heldout``: those grids if the caller already has them
+        (``heldout_normal_grids(bank.fresh_fit, embedded, folds, bank.config.seed)``).
         """
         config = bank.config
         fitted = bank.fresh_fit(embedded)
-        if validation is not None and len(validation):
-            normal_grids, normal_valid = fitted.score_embedded(validation).grids, validation.valid
-            method, heldout = "validation/good", None
-        else:
-            normal_grids, normal_valid = None, embedded.valid
-            method = f"{min(folds, len(embedded))}-fold train/good"
-        if config.position_norm != "off" or normal_grids is None:
+        has_validation = validation is not None and len(validation) > 0
+        if heldout is None and (config.position_norm != "off" or not has_validation):
             heldout = heldout_normal_grids(bank.fresh_fit, embedded, folds, config.seed)
-            if normal_grids is None:
-                normal_grids = heldout
+        if has_validation:
+            normal_grids, normal_valid = fitted.score_embedded(validation).grids, validation.valid
+            method = "validation/good"
+        else:
+            normal_grids, normal_valid = heldout, embedded.valid
+            method = f"{min(folds, len(embedded))}-fold train/good"
         normal_scores = frame_maxima(normal_grids, normal_valid)
         if config.position_norm != "off":
             levels = CellLevels.from_heldout(heldout, embedded.valid, config.position_norm_floor)
-            if normal_grids is heldout:
-                normalised = CellLevels.leave_one_out(heldout, embedded.valid, config.position_norm_floor)
-            else:
+            if has_validation:
                 normalised = levels.normalise(normal_grids)
+            else:
+                normalised = CellLevels.leave_one_out(heldout, embedded.valid, config.position_norm_floor)
             normalised_scores = frame_maxima(normalised, normal_valid)
             report = {"mode": config.position_norm, "used": True, "floor": config.position_norm_floor,
                       "heldout_frames": len(embedded), "folds": min(folds, len(embedded))}
@@ -725,7 +720,7 @@ class PrefilterScorer:
                     normal_scores, normalised_scores))
             if report["used"]:
                 fitted.cell_levels, normal_scores = levels, normalised_scores
-                method += ", cell levels" + (" leave-one-out" if normal_grids is heldout else "")
+                method += ", cell levels" + ("" if has_validation else " leave-one-out")
             fitted.position_norm_report = report
         fitted.calibration = Calibration.from_normal_scores(normal_scores, target_routing_rate, method)
         return cls(fitted)

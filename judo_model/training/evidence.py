@@ -224,7 +224,7 @@ def refine_region(boxes: Sequence[Box], height: int, width: int, anomaly_map: np
 
 def _fit_category(root: Path, category: str, entries: Sequence[dict], extractor, out: Path, progress):
     """Fit and save one category's bank and defect exemplars; return ({key: map}, threshold, {key: hint})."""
-    from actors.prefilter import CellLevels, PatchCoreConfig, PrefilterScorer, heldout_normal_grids
+    from actors.prefilter import CellLevels, PatchCoreBank, PatchCoreConfig, PrefilterScorer, heldout_normal_grids
 
     def frames(rows):
         return [load_image(root / e["key"]) for e in rows]
@@ -233,21 +233,22 @@ def _fit_category(root: Path, category: str, entries: Sequence[dict], extractor,
     train_defects = [e for e in entries if e["split"] == "train" and e["label"] != "good"]
     val_good = [e for e in entries if e["split"] == "val" and e["label"] == "good"]
     others = [e for e in entries if e not in train_good]
-    train_frames = frames(train_good)
-    scorer = PrefilterScorer.fit(train_frames, config=PatchCoreConfig(backbone=extractor.config),
-                                 validation_frames=frames(val_good) or None, folds=TRAIN_MAP_FOLDS,
-                                 product=category, extractor=extractor, defect_frames=frames(train_defects) or None)
+    bank = PatchCoreBank(PatchCoreConfig(backbone=extractor.config), extractor, category)
+    embedded = bank.embed(bank.set_canvas_from(frames(train_good)), "embed normal frames")
+    # the same held-out grids give the bank's cell levels and the training normals' own maps
+    heldout = heldout_normal_grids(bank.fresh_fit, embedded, TRAIN_MAP_FOLDS, bank.config.seed)
+    scorer = PrefilterScorer.fit_embedded(
+        bank, embedded, bank.embed(frames(val_good)) if val_good else None, folds=TRAIN_MAP_FOLDS,
+        defects=bank.embed(frames(train_defects)) if train_defects else None, heldout=heldout)
     scorer.save(out / BANKS_FOLDER / category)
     bank = scorer.bank
     maps: dict[str, np.ndarray] = {}
     result = bank.score(frames(others))
     for i, entry in enumerate(others):
         maps[entry["key"]] = result.anomaly_map(i)
-    embedded = bank.embed(train_frames)
-    grids = heldout_normal_grids(bank.fresh_fit, embedded, TRAIN_MAP_FOLDS, bank.config.seed)
     if bank.cell_levels is not None:
-        grids = CellLevels.leave_one_out(grids, embedded.valid, bank.config.position_norm_floor)
-    result = bank.result_from_grids(grids, embedded)
+        heldout = CellLevels.leave_one_out(heldout, embedded.valid, bank.config.position_norm_floor)
+    result = bank.result_from_grids(heldout, embedded)
     for i, entry in enumerate(train_good):
         maps[entry["key"]] = result.anomaly_map(i)
     hints = _defect_hints(root, category, entries, maps, out)
