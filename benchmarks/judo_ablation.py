@@ -122,6 +122,11 @@ ROWS = {
     "sft-note-replay": ("row evidence-folds with a fifth of every Stage 2 batch replaying Stage 0 notes (product notes, "
                         "half with a question, 15 % of them naming an invented product; --sft-note-replay 0.2; "
                         "Stage 2 rerun from row evidence-folds' Stage 1)", None),
+    "unseen-products": ("row cell-levels with 30 % of Stage 2's examples asking Object Classification calling the "
+                        "product by a listed invented name in the note and the options, so that the answer is read "
+                        "from the note (the first form of --sft-unseen-product-share 0.3, which still offered the "
+                        "held-out products as wrong options; Stage 2 rerun from row cell-levels' Stage 1; not "
+                        "shipped)", None),
     "sharper-hints-verdict-first": ("the checkpoint of row sharper-hints answering after its question-free verdict: "
                                     "reasoning, verdict and region written without the question, the answer after "
                                     "them with it (--verdict-first)", None),

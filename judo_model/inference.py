@@ -73,13 +73,34 @@ class ChoiceConstraint(LogitsProcessor):
                    if len(choice) > len(written) and choice[:len(written)] == written}
         return sorted(allowed) if allowed else None
 
+    def constrain_row(self, generated: Sequence[int], row_scores: torch.FloatTensor) -> torch.FloatTensor:
+        """One sequence's next-token scores with the tokens its open slot forbids at -inf."""
+        allowed = self.allowed(generated)
+        if allowed is None:
+            return row_scores
+        keep = torch.full_like(row_scores, float("-inf"))
+        keep[allowed] = 0.0
+        return row_scores + keep
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         for row in range(input_ids.shape[0]):
-            allowed = self.allowed(input_ids[row, self.prompt_length:].tolist())
-            if allowed is not None:
-                keep = torch.full_like(scores[row], float("-inf"))
-                keep[allowed] = 0.0
-                scores[row] = scores[row] + keep
+            scores[row] = self.constrain_row(input_ids[row, self.prompt_length:].tolist(), scores[row])
+        return scores
+
+
+class RowChoiceConstraints(LogitsProcessor):
+    """One :class:`ChoiceConstraint` per sequence of a batch (None: that row decodes freely), for
+    batches whose rows ask different questions (GRPO's sampled groups)."""
+
+    def __init__(self, constraints: Sequence[ChoiceConstraint | None]):
+        self.constraints = list(constraints)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if input_ids.shape[0] != len(self.constraints):
+            raise ValueError(f"{len(self.constraints)} row constraints for a batch of {input_ids.shape[0]}")
+        for row, constraint in enumerate(self.constraints):
+            if constraint is not None:
+                scores[row] = constraint.constrain_row(input_ids[row, constraint.prompt_length:].tolist(), scores[row])
         return scores
 
 

@@ -77,6 +77,30 @@ def test_known_defect_is_found(judo, known_data):
     assert choose_option(parsed.answers[0], dict(detection.Options)) == detection.Answer, raw
 
 
+def test_row_constraints_give_each_sampled_row_its_own_options(judo):
+    """GRPO samples prompts asking different questions in one batch: each row keeps its own choices."""
+    import torch
+
+    from judo_model.inference import ANSWER_OPEN, ChoiceConstraint, RowChoiceConstraints
+
+    tokenizer = judo.processor.tokenizer
+    ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    prompt = ids("<think>x")[:3]
+    rows = RowChoiceConstraints([
+        ChoiceConstraint.for_output(tokenizer, prompt_length=3, answer_options=["Yes", "No"]),
+        ChoiceConstraint.for_output(tokenizer, prompt_length=3, answer_options=["Broken Thread", "Hole"]),
+        None,
+    ])
+    answering = prompt + ids("<think>x</think>\n<defect>no</defect>\n<region>[]</region>" + ANSWER_OPEN)
+    masked = rows(torch.tensor([answering] * 3), torch.zeros((3, len(tokenizer))))
+    allowed = [set(torch.nonzero(torch.isfinite(row)).flatten().tolist()) for row in masked]
+    assert allowed[0] == {ids(" Yes")[0], ids(" No")[0]}
+    assert allowed[1] == {ids(" Broken")[0], ids(" Hole")[0]}
+    assert len(allowed[2]) == len(tokenizer), "a row without a constraint decodes freely"
+    with pytest.raises(ValueError, match="batch of 2"):
+        rows(torch.tensor([answering] * 2), torch.zeros((2, len(tokenizer))))
+
+
 def test_choice_constraint_allows_only_the_products_types_and_the_options(judo):
     import torch
 

@@ -145,10 +145,11 @@ def test_notes_naming_a_product_ask_questions_the_note_answers(examples, weights
         NoteReadingSampler(defect_titles(examples), categories=CATEGORIES, question_weights=(1, 1))
 
 
-def test_invented_products_teach_copying_a_name_never_trained_on(examples):
+@pytest.mark.parametrize("kind", ["listed", "random"])
+def test_invented_products_teach_copying_a_name_never_trained_on(examples, kind):
     """Notes naming an invented product carry no defect hint, ask only what the note answers
     (defective? which product?), and no invented name shares a word with a catalogue product,
-    held-out ones included."""
+    held-out ones included. Random names are new at (almost) every draw."""
     import re
 
     from judo_model.data import questions as mmad
@@ -156,18 +157,22 @@ def test_invented_products_teach_copying_a_name_never_trained_on(examples):
     from judo_model.training.data import defect_titles
     from judo_model.training.note_reading import NoteReadingSampler, invented_products
 
-    invented = set(invented_products())
+    listed = set(invented_products())
     catalogue = {word for facts in CATEGORY_FACTS.values() for word in facts.display_name.lower().split()}
-    assert len(invented) >= 100 and not any(catalogue & set(name.split()) for name in invented)
+    known = {facts.display_name for facts in CATEGORY_FACTS.values()}
+    assert len(listed) >= 100 and not any(catalogue & set(name.split()) for name in listed)
     sampler = NoteReadingSampler(defect_titles(examples), seed=3, categories=CATEGORIES, question_share=0.5,
-                                 question_weights=(1, 1, 1, 1, 1, 1), unseen_share=0.5)
-    seen_unseen, asked = 0, set()
+                                 question_weights=(1, 1, 1, 1, 1, 1), unseen_share=0.5, invented_names=kind)
+    seen_unseen, asked, names = 0, set(), []
     for prompt, target in sampler.batch(200):
         text = prompt.messages[0]["content"][-1]["text"]
         product = re.search(r"Nearest known product: ([^.]+)\.", text).group(1)
-        if product not in invented:
+        if product in known:
             continue
         seen_unseen += 1
+        names.append(product)
+        assert not catalogue & set(product.split())
+        assert (product in listed) == (kind == "listed")
         assert "Nearest labelled defect" not in text, "an invented product has no defect library"
         parsed = parse_output(target)
         assert parsed.ok and parsed.defect_type is None
@@ -179,6 +184,10 @@ def test_invented_products_teach_copying_a_name_never_trained_on(examples):
             else:
                 assert parsed.answers == ("Yes." if parsed.defect else "No.",)
     assert 60 <= seen_unseen <= 140 and asked == {mmad.OBJECT_QUESTION, mmad.ANOMALY_QUESTION}
+    if kind == "random":
+        assert len(set(names)) >= 0.9 * len(names), "a new name nearly every time"
+    with pytest.raises(ValueError, match="invented names"):
+        NoteReadingSampler(defect_titles(examples), categories=CATEGORIES, unseen_share=0.5, invented_names="odd")
 
 
 def test_the_product_line_is_shown_only_to_checkpoints_trained_with_it(data_dir):
@@ -223,6 +232,56 @@ def test_stage_batches_replay_notes_and_can_name_the_notes_type(data_dir, exampl
     assert named, "some defective images carry a defect hint"
     for prompt, parsed in named:
         assert f"Nearest labelled defect: {parsed.defect_type}." in str(prompt.messages)
+
+
+@pytest.mark.parametrize("kind", ["listed", "random"])
+def test_stage2_can_call_the_product_by_an_invented_name_in_the_note_and_the_options(data_dir, examples, kind):
+    """Object Classification read from the note: a renamed product is named in the note and is the
+    answer, and the true name is gone from the options; products without training images are
+    never offered (they would only ever be wrong answers)."""
+    import re
+
+    from judo_model.data.knowledge import CATEGORY_FACTS, product_title
+    from judo_model.training.data import PromptOptions, untrained_product_names, with_products_renamed
+    from judo_model.training.evidence import load_evidence
+    from judo_model.training.sft import SFTConfig, supervised_pairs
+
+    evidence = load_evidence(data_dir)
+    known = {facts.display_name for facts in CATEGORY_FACTS.values()}
+    options = PromptOptions(product_note=True)
+
+    def object_answers(share: float):
+        config = SFTConfig(steps=1, single_question=1.0, seed=4, unseen_product_share=share, invented_names=kind)
+        pairs = supervised_pairs(examples, options, evidence, config)(300)
+        found = []
+        for prompt, target, *_ in pairs:
+            text = prompt.messages[0]["content"][-1]["text"]
+            if "What kind of product" not in text or "Nearest known product" not in text:
+                continue
+            named = re.search(r"Nearest known product: ([^.]+)\.", text).group(1)
+            listed = re.findall(r"^[A-D]: (.+)$", text, flags=re.MULTILINE)
+            found.append((named, listed, parse_output(target).answers[0]))
+        return found
+
+    untrained = set(untrained_product_names(examples))
+    found = object_answers(1.0)
+    renamed = [(named, listed, answer) for named, listed, answer in found if named not in known]
+    assert len(renamed) >= 10
+    for named, listed, answer in renamed:
+        assert answer == named and named in listed
+    asking = next(e for e in examples if "Object Classification" in e.question_types)
+    true_name = product_title(asking.category)
+    moved = with_products_renamed(asking, {true_name: "tin spindle"})
+    for before, after, kind in zip(asking.questions, moved.questions, asking.question_types):
+        if kind == "Object Classification":
+            assert true_name not in after.options.values() and "tin spindle" in after.options.values()
+        else:
+            assert after == before
+    assert moved.answer_letters == asking.answer_letters
+    assert not untrained & {name for _, listed, _ in found for name in listed}
+    plain = object_answers(0.0)
+    assert not [named for named, *_ in plain if named not in known]
+    assert untrained & {name for _, listed, _ in plain for name in listed}, "MMAD-style distractors name them"
 
 
 def test_prompts_asking_a_defect_question_can_learn_their_answers_only(data_dir, examples):
@@ -464,6 +523,25 @@ def test_evidence_note_states_the_score_and_the_hottest_box():
     assert region.sum() == 20 * 50 and region[20:40, 100:150].all()
 
 
+def test_grpo_rows_carry_the_guide_and_the_chosen_region_truth(data_dir, examples):
+    from judo_model.training.data import PromptOptions, defect_titles
+    from judo_model.training.evidence import load_evidence
+    from judo_model.training.grpo import grpo_rows
+
+    evidence = load_evidence(data_dir)
+    by_mask = grpo_rows(examples, PromptOptions(), evidence, 12, seed=2)
+    by_boxes = grpo_rows(examples, PromptOptions(), evidence, 12, seed=2, region_truth="boxes")
+    assert any(row["mask"] for row in by_mask) and not any(row["mask"] for row in by_boxes)
+    assert [row["gt_boxes"] for row in by_mask] == [row["gt_boxes"] for row in by_boxes]
+    known_types = set(defect_titles(examples))
+    guides = [json.loads(row["guide"]) for row in by_boxes]
+    for row, guide in zip(by_boxes, guides):
+        assert guide["answer_options"] == list(json.loads(row["options"]).values())
+    assert all(guide["defect_types"] and set(guide["defect_types"]) <= known_types for guide in guides)
+    with pytest.raises(ValueError, match="region_truth"):
+        grpo_rows(examples, PromptOptions(), evidence, 1, region_truth="pixels")
+
+
 def test_grpo_options_are_decoded_for_the_reward_functions():
     from judo_model.rewards import answer_accuracy_reward
     from judo_model.training.grpo import json_options
@@ -535,6 +613,10 @@ def test_cli_runs_single_stages(data_dir, smoke_checkpoint, tmp_path):
                  "--evidence-route", "none", "--out", str(tmp_path / "sft")]) == 0
     with pytest.raises(ValueError, match="init"):
         main([*base, "--stage", "grpo", "--out", str(tmp_path / "grpo")])
+    free = ["--grpo-steps", "1", "--grpo-generations", "2", "--grpo-prompts-per-step", "1", "--grpo-guided", "no",
+            "--grpo-region-truth", "boxes", "--grpo-scale-rewards", "batch"]
+    assert main([*base, "--stage", "grpo", *free, "--init", str(smoke_checkpoint[0]),
+                 "--out", str(tmp_path / "grpo-free")]) == 0
     product = ["--product-note", "yes", "--note-question-share", "1.0", "--note-plain-steps", "1"]
     assert main([*base, "--stage", "note", "--note-steps", "2", "--note-batch-size", "2", *product,
                  "--out", str(tmp_path / "note")]) == 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from judo_model.data.knowledge import defect_title
+from judo_model.data.knowledge import CATEGORY_FACTS, defect_title
 from judo_model.data.questions import REGIONS, region_of
 from judo_model.imaging import load_image, load_mask
 from judo_model.mmad.format import DEFECT_QUESTION_TYPES, MMADDataset, MMADItem
@@ -218,9 +219,34 @@ def knowledge_text(root: str | Path, category: str) -> str | None:
     return "\n".join(entry.values()) if entry else None
 
 
+def names_product(example: Example, options: PromptOptions, evidence: EvidenceCache | None) -> bool:
+    """Whether the prompt's evidence note names a product for ``example``."""
+    return (shows_note(options, evidence) and options.product_note
+            and evidence.products.get(example.key) is not None)
+
+
+def with_products_renamed(example: Example, names: Mapping[str, str]) -> Example:
+    """``example`` with the products its Object Classification options name renamed by ``names``
+    (same letters; names not in ``names`` stay)."""
+    questions = tuple(
+        replace(question, options={letter: names.get(text, text) for letter, text in question.options.items()})
+        if kind == "Object Classification" else question
+        for question, kind in zip(example.questions, example.question_types))
+    return replace(example, questions=questions)
+
+
+def untrained_product_names(examples: Sequence[Example]) -> list[str]:
+    """Catalogue products that no training image shows (MMAD-style questions still offer them as
+    wrong options, which would teach a model that their names are never the answer)."""
+    trained = {example.category for example in examples}
+    return sorted(facts.display_name for category, facts in CATEGORY_FACTS.items() if category not in trained)
+
+
 def example_prompt(example: Example, options: PromptOptions, evidence: EvidenceCache | None,
-                   rng: random.Random | None = None, use_knowledge: bool | None = None) -> JudoPrompt:
-    """The juxtaposed prompt of ``example`` (reference: a random template when ``rng`` is given)."""
+                   rng: random.Random | None = None, use_knowledge: bool | None = None,
+                   product_shown_as: str | None = None) -> JudoPrompt:
+    """The juxtaposed prompt of ``example`` (reference: a random template when ``rng`` is given;
+    ``product_shown_as`` renames the product the note names)."""
     query = _pixels(str(example.root / example.key))
     reference = None
     if options.reference and example.references:
@@ -230,7 +256,8 @@ def example_prompt(example: Example, options: PromptOptions, evidence: EvidenceC
     if options.evidence_route:
         if evidence is None:
             raise ValueError("this stage needs cached evidence maps (run prepare_evidence first)")
-        evidence_shown = evidence.inputs(example.key, query, options.evidence_route, options.product_note)
+        evidence_shown = evidence.inputs(example.key, query, options.evidence_route, options.product_note,
+                                         product_shown_as)
     if use_knowledge is None:
         use_knowledge = rng is not None and rng.random() < options.domain_knowledge_prob
     knowledge = knowledge_text(example.root, example.category) if use_knowledge else None

@@ -108,9 +108,11 @@ class EvidenceCache:
         return self.defect_types.get(key.split("/")[1])
 
     def inputs(self, key: str, query: np.ndarray, route: str = DEFAULT_ROUTE,
-               with_product: bool = False) -> "EvidenceInputs":
+               with_product: bool = False, product_shown_as: str | None = None) -> "EvidenceInputs":
+        """The evidence shown for ``key``; ``product_shown_as`` renames the product where the note names one."""
+        product = self.products.get(key) if with_product else None
         return evidence_inputs(query, self.anomaly_map(key), self.threshold(key), route, self.hints.get(key),
-                               self.products.get(key) if with_product else None)
+                               product_shown_as if product and product_shown_as else product)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,13 @@ the JUDO processor and passes ``pixel_values`` / ``image_grid_thw`` to generatio
 the policy / reference log-probabilities. The remaining columns (``answer``,
 ``options``, ``mask``, ``gt_boxes``) reach the rewards as keyword arguments.
 
+With ``guided`` (the recipe's ``grpo_guided``) completions are sampled as JUDO answers at
+inference: the verdict's type among the product's labelled types and each answer among its
+options (:class:`judo_model.inference.ChoiceConstraint`, per row of the sampled batch); the
+reasoning, verdict and region are sampled freely. Free sampling spends updates on writing valid
+option text, which guided inference never needs (measured on the shipped tiny model's training
+prompts: free samples answered 59 % right over the first 20 steps, guided samples 76 %).
+
 ``options`` is stored as JSON text (Arrow would otherwise turn the per-question
 ``{letter: text}`` dicts of different sizes into one struct padded with nulls);
 :func:`json_options` decodes it before calling the unchanged reward functions.
@@ -21,6 +28,9 @@ import random
 import time
 from functools import wraps
 
+from transformers import LogitsProcessorList
+
+from judo_model.inference import ChoiceConstraint, RowChoiceConstraints
 from judo_model.rewards import JUDO_REWARD_FUNCTIONS
 from judo_model.training.data import (
     BalancedSampler,
@@ -45,8 +55,17 @@ def json_options(reward):
     return wrapped
 
 
-def grpo_rows(examples: list[Example], options: PromptOptions, evidence, count: int, seed: int = 0) -> list[dict]:
+#: what the segmentation reward compares a region with: the defect's pixels, or the boxes Stages 1
+#: and 2 teach the model to write (thin defects cap a box's IoU with the mask near 0.4, so with
+#: ``mask`` a perfect defect answer earns far less than a perfect "no defect")
+REGION_TRUTHS = ("mask", "boxes")
+
+
+def grpo_rows(examples: list[Example], options: PromptOptions, evidence, count: int, seed: int = 0,
+              region_truth: str = "mask") -> list[dict]:
     """``count`` balanced single-question prompts with the reward columns."""
+    if region_truth not in REGION_TRUTHS:
+        raise ValueError(f"region_truth must be one of {REGION_TRUTHS}, got {region_truth!r}")
     sampler = BalancedSampler(examples, seed=seed, single_question=1.0)
     rng = random.Random(seed)
     rows = []
@@ -59,21 +78,57 @@ def grpo_rows(examples: list[Example], options: PromptOptions, evidence, count: 
             "images": prompt.images,
             "answer": example.answer_letters[0],
             "options": json.dumps(example.questions[0].options),
-            "mask": str(example.root / example.mask_key) if example.mask_key else "",
+            "mask": str(example.root / example.mask_key) if example.mask_key and region_truth == "mask" else "",
             "gt_boxes": [list(b) for b in target_boxes(mask)] if mask.any() else [],
+            "guide": json.dumps({"defect_types": evidence.defect_types_of(example.key) if evidence else None,
+                                 "answer_options": list(example.questions[0].options.values())}),
         })
     return rows
+
+
+def guided_trainer_class():
+    """TRL's ``GRPOTrainer`` whose sampling follows each row's ``guide`` column (built lazily: TRL is
+    imported only where Stage 3 runs)."""
+    from trl import GRPOTrainer
+
+    class GuidedGRPOTrainer(GRPOTrainer):
+        def _generate_and_score_completions(self, inputs):
+            self._row_guides = [json.loads(row["guide"]) for row in inputs]
+            return super()._generate_and_score_completions(inputs)
+
+        def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations,
+                                  has_tool_images=False):
+            model = self.accelerator.unwrap_model(self.model)
+            tokenizer = self.processing_class.tokenizer
+            generate = model.generate
+
+            def guided_generate(*args, **kwargs):
+                length = kwargs["input_ids"].shape[1]  # prompts are left-padded to one length
+                constraints = [ChoiceConstraint.for_output(tokenizer, length, **guide) for guide in self._row_guides]
+                kwargs["logits_processor"] = LogitsProcessorList([RowChoiceConstraints(constraints)])
+                return generate(*args, **kwargs)
+
+            model.generate = guided_generate
+            try:
+                return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
+                                                     has_tool_images)
+            finally:
+                del model.generate
+
+    return GuidedGRPOTrainer
 
 
 def train_grpo_trl(model, processor, examples: list[Example], options: PromptOptions, evidence, steps: int,
                    out_dir: str, num_generations: int = 4, prompts_per_step: int = 2, lr: float = 5e-5,
                    beta: float = 0.04, max_completion_length: int = 80, temperature: float = 1.0,
+                   scale_rewards: str = "group", region_truth: str = "mask", guided: bool = True,
                    seed: int = 0) -> Curve:
     """Run TRL's GRPOTrainer on CPU for ``steps`` steps; trains ``model`` in place."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    rows = grpo_rows(examples, options, evidence, max(steps * prompts_per_step, prompts_per_step), seed)
+    rows = grpo_rows(examples, options, evidence, max(steps * prompts_per_step, prompts_per_step), seed,
+                     region_truth)
     dataset = Dataset.from_list(rows)
     config = GRPOConfig(
         output_dir=out_dir,
@@ -89,6 +144,7 @@ def train_grpo_trl(model, processor, examples: list[Example], options: PromptOpt
         warmup_steps=0,
         beta=beta,
         temperature=temperature,
+        scale_rewards=scale_rewards,
         max_completion_length=max_completion_length,
         logging_steps=1,
         save_strategy="no",
@@ -100,7 +156,7 @@ def train_grpo_trl(model, processor, examples: list[Example], options: PromptOpt
         gradient_checkpointing=False,
     )
     model.train()
-    trainer = GRPOTrainer(
+    trainer = (guided_trainer_class() if guided else GRPOTrainer)(
         model=model,
         reward_funcs=[json_options(f) for f in JUDO_REWARD_FUNCTIONS],
         args=config,

@@ -58,14 +58,60 @@ _PARTS = ("gear", "valve", "spring", "bearing", "gasket", "hinge", "bracket", "c
           "magnet", "filter", "pin", "lid", "tray", "cup")
 
 
-def invented_products() -> list[str]:
-    """Product names no catalogue product has a word of (so never a held-out product's name)."""
+#: How invented product names are made: from the fixed material and part words above, or from
+#: random syllables, a new name at every draw, so that a model can copy them but not memorise them.
+INVENTED_NAME_KINDS = ("listed", "random")
+_CONSONANTS, _VOWELS = "bdfgklmnprstvz", "aeiou"
+
+
+def _catalogue_words() -> set[str]:
     from judo_model.data.knowledge import CATEGORY_FACTS
 
-    taken = {word for facts in CATEGORY_FACTS.values() for word in facts.display_name.lower().split()}
+    return {word for facts in CATEGORY_FACTS.values() for word in facts.display_name.lower().split()}
+
+
+def invented_products() -> list[str]:
+    """Product names no catalogue product has a word of (so never a held-out product's name)."""
+    taken = _catalogue_words()
     parts = [part for part in _PARTS if not taken & set(part.split())]
     materials = [material for material in _MATERIALS if not taken & set(material.split())]
     return sorted(parts + [f"{material} {part}" for material in materials for part in parts])
+
+
+class InventedNames:
+    """Draws of invented product names of one kind (:data:`INVENTED_NAME_KINDS`)."""
+
+    def __init__(self, kind: str = "listed"):
+        if kind not in INVENTED_NAME_KINDS:
+            raise ValueError(f"invented names are one of {INVENTED_NAME_KINDS}, got {kind!r}")
+        self.kind = kind
+        self.listed = invented_products()
+        self._taken = _catalogue_words()
+
+    def one(self, rng: random.Random) -> str:
+        return rng.choice(self.listed) if self.kind == "listed" else self._random(rng)
+
+    def others(self, rng: random.Random, name: str, count: int) -> list[str]:
+        """``count`` distinct names other than ``name``."""
+        if self.kind == "listed":
+            return rng.sample([other for other in self.listed if other != name], count)
+        names: list[str] = []
+        while len(names) < count:
+            drawn = self._random(rng)
+            if drawn != name and drawn not in names:
+                names.append(drawn)
+        return names
+
+    def _random(self, rng: random.Random) -> str:
+        while True:
+            words = [self._word(rng) for _ in range(rng.choice((1, 2, 2)))]
+            if not self._taken & set(words):
+                return " ".join(words)
+
+    @staticmethod
+    def _word(rng: random.Random) -> str:
+        syllables = "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(rng.choice((1, 2, 2, 3))))
+        return syllables + (rng.choice(_CONSONANTS) if rng.random() < 0.5 else "")
 
 
 class NoteReadingSampler:
@@ -74,7 +120,7 @@ class NoteReadingSampler:
     def __init__(self, defect_titles: Sequence[str], seed: int = 0, *, above_share: float = ABOVE_SHARE,
                  hint_share: float = HINT_SHARE, categories: Sequence[str] | None = None,
                  question_share: float = 0.0, question_weights: Sequence[float] | None = None,
-                 unseen_share: float = 0.0):
+                 unseen_share: float = 0.0, invented_names: str = "listed"):
         if not defect_titles:
             raise ValueError("note reading needs the defect titles of the training data")
         for name, share in (("above_share", above_share), ("hint_share", hint_share),
@@ -92,7 +138,7 @@ class NoteReadingSampler:
         self.above_share, self.hint_share, self.question_share = above_share, hint_share, question_share
         self.question_weights = tuple(question_weights) if question_weights is not None else None
         self.unseen_share = unseen_share
-        self.invented = invented_products() if unseen_share else []
+        self.invented = InventedNames(invented_names) if unseen_share else None
         self.rng = random.Random(seed)
 
     def _ratio(self, above_share: float | None = None) -> float:
@@ -170,7 +216,7 @@ class NoteReadingSampler:
         from judo_model.data.knowledge import category_facts
         from judo_model.data.questions import OBJECT_QUESTION, LetterBalancer, anomaly_detection
 
-        name, box = self.rng.choice(self.invented), self._box()
+        name, box = self.invented.one(self.rng), self._box()
         if self.rng.random() >= self.question_share:
             ratio = self._ratio()
             return self._pair(ratio, box, None, format_note(ratio, box, None, name))
@@ -183,7 +229,7 @@ class NoteReadingSampler:
         else:
             known = [category_facts(c).display_name for c in self.categories]
             known = self.rng.sample(known, min(3, len(known)))
-            invented = self.rng.sample([other for other in self.invented if other != name], 3)
+            invented = self.invented.others(self.rng, name, 3)
             question = balancer.ask(OBJECT_QUESTION, kind, name, self.rng.sample(known + invented, 3))
         return self._asking(ratio, box, None, format_note(ratio, box, None, name), question)
 

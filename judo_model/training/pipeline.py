@@ -128,7 +128,8 @@ def train(data_dir: str | Path, out_dir: str | Path, stage: str = "all", recipe:
                                   categories=sorted({e.category for e in examples}) if with_products else None,
                                   question_share=recipe.note_question_share if with_products else 0.0,
                                   question_weights=recipe.note_question_weights or None,
-                                  unseen_share=recipe.note_unseen_share if with_products else 0.0)
+                                  unseen_share=recipe.note_unseen_share if with_products else 0.0,
+                                  invented_names=recipe.invented_names)
 
     def stage0_draw(seed: int):
         """Stage 0's batches: plain notes for ``note_plain_steps`` steps, then the recipe's notes."""
@@ -163,7 +164,9 @@ def train(data_dir: str | Path, out_dir: str | Path, stage: str = "all", recipe:
                                single_question=recipe.single_question, replay=recipe.sft_replay,
                                note_replay=recipe.sft_note_replay, type_from_note=recipe.type_from_note,
                                answer_type_from_note=recipe.answer_type_from_note,
-                               cue_answers_only=recipe.sft_cue_answers_only)
+                               cue_answers_only=recipe.sft_cue_answers_only,
+                               unseen_product_share=recipe.sft_unseen_product_share,
+                               invented_names=recipe.invented_names)
             curve = train_supervised(model, processor, examples, prompt_options(recipe, True), evidence, config,
                                      "sft", encoder=encoder, notes=replayed_notes(config.seed))
         else:
@@ -179,7 +182,10 @@ def train(data_dir: str | Path, out_dir: str | Path, stage: str = "all", recipe:
                                    recipe.grpo_steps, str(out_dir / "stages" / "grpo_trl"),
                                    num_generations=recipe.grpo_generations,
                                    prompts_per_step=recipe.grpo_prompts_per_step, lr=recipe.grpo_lr,
-                                   beta=recipe.grpo_beta, seed=recipe.seed)
+                                   beta=recipe.grpo_beta, temperature=recipe.grpo_temperature,
+                                   scale_rewards=recipe.grpo_scale_rewards,
+                                   region_truth=recipe.grpo_region_truth, guided=recipe.grpo_guided,
+                                   seed=recipe.seed)
         curve.seconds = time.time() - start
         log.stages.append(curve.as_dict())
         print(f"{name}: {curve.seconds:.0f} s", flush=True)

@@ -26,6 +26,14 @@ class Recipe:
     grpo_generations: int = 4
     grpo_prompts_per_step: int = 2
     grpo_beta: float = 0.04
+    grpo_temperature: float = 1.0
+    #: TRL's advantage scaling: "group" divides by each prompt's reward spread (which blows tiny
+    #: box differences up to full-size advantages), "batch" by the batch's, "none" not at all
+    grpo_scale_rewards: str = "group"
+    #: sample the verdict's type and the answers among their choices, as inference decodes them
+    grpo_guided: bool = True
+    #: what the segmentation reward compares the region with (grpo.REGION_TRUTHS)
+    grpo_region_truth: str = "mask"
     reference: bool = True
     evidence_route: str | None = "heat_crop_text"
     domain_knowledge_prob: float = 0.25
@@ -47,9 +55,16 @@ class Recipe:
     note_question_weights: tuple[float, ...] = (1.0, 1.5, 1.0, 1.0, 2.0, 2.0)
     #: share of Stage 0's product notes that name an invented product (copying a name never seen)
     note_unseen_share: float = 0.15
+    #: how invented product names are made, in Stage 0 and Stage 2 (note_reading.INVENTED_NAME_KINDS):
+    #: "listed" material and part words, or "random" syllables, a new name every time
+    invented_names: str = "listed"
     #: Stage 2 learns only the answers of prompts that ask a defect question ("There is a defect in
     #: the object..."): their reasoning, verdict and region are context, not targets, so that a
     #: question in the prompt never teaches the verdict "defective" (it moved 12 of 40 normal images)
     sft_cue_answers_only: bool = False
+    #: share of Stage 2's examples asking Object Classification (where the note names the product)
+    #: that call the product by an invented name in the note and the options, so the answer is
+    #: read from the note: a held-out product is named there but never seen in training
+    sft_unseen_product_share: float = 0.0
     seed: int = 0
     threads: int = 1

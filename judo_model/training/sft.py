@@ -19,12 +19,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from judo_model.data.knowledge import product_title
 from judo_model.mmad.format import DEFECT_QUESTION_TYPES
 from judo_model.output import ANSWER_OPEN
 from judo_model.prompting import IGNORE_INDEX, JudoPrompt, collate_for_training
 from judo_model.training.data import (BalancedSampler, Example, PromptOptions, evidence_hint, example_prompt,
-                                      note_type, target_for)
+                                      names_product, note_type, target_for, untrained_product_names,
+                                      with_products_renamed)
 from judo_model.training.encoding import CachedEncoder
+from judo_model.training.note_reading import InventedNames
 
 
 @dataclass
@@ -44,6 +47,11 @@ class SFTConfig:
     answer_type_from_note: bool = False
     #: prompts with a defect question learn their answers only (see Recipe.sft_cue_answers_only)
     cue_answers_only: bool = False
+    #: share of the examples asking Object Classification whose note and options call the product by
+    #: an invented name (see Recipe.sft_unseen_product_share)
+    unseen_product_share: float = 0.0
+    #: how the invented names are made (note_reading.INVENTED_NAME_KINDS)
+    invented_names: str = "listed"
 
 
 @dataclass
@@ -101,20 +109,36 @@ def supervised_pairs(examples: list[Example], options: PromptOptions, evidence, 
     ``config.type_from_note`` the verdict names the type the note names, where it names one,
     and with ``config.answer_type_from_note`` so does the Defect Classification answer. With
     ``config.cue_answers_only`` a prompt asking a defect question learns from its first answer on
-    (``learn_from``: that character of the target).
+    (``learn_from``: that character of the target). With ``config.unseen_product_share`` that share
+    of the examples asking Object Classification, where the note names the product, call it by an
+    invented name in the note and the options, and every such example offers invented names in place
+    of products no training image shows (:func:`with_products_renamed`).
     """
     sampler = BalancedSampler(examples, seed=config.seed, single_question=config.single_question, questions=questions,
                               replay=config.replay)
     rng = random.Random(config.seed + 1)
     replay_rng = random.Random(config.seed + 2)
+    rename_rng = random.Random(config.seed + 3)
+    invented = InventedNames(config.invented_names) if config.unseen_product_share else None
+    untrained = untrained_product_names(examples) if invented else []
 
     def pair(example: Example) -> tuple[JudoPrompt, str, int]:
+        shown_as = None
+        if invented and "Object Classification" in example.question_types:
+            shown_as = invented.one(rename_rng)
+            names = dict(zip(untrained, invented.others(rename_rng, shown_as, len(untrained))))
+            if names_product(example, options, evidence) and rename_rng.random() < config.unseen_product_share:
+                names[product_title(example.category)] = shown_as
+            else:
+                shown_as = None
+            example = with_products_renamed(example, names)
         hinted = note_type(example, options, evidence)
         target = target_for(example, hint=evidence_hint(example, options, evidence),
                             named_type=hinted if config.type_from_note else None,
                             answered_type=hinted if config.answer_type_from_note else None)
         cued = config.cue_answers_only and any(kind in DEFECT_QUESTION_TYPES for kind in example.question_types)
-        return example_prompt(example, options, evidence, rng), target, target.index(ANSWER_OPEN) if cued else 0
+        prompt = example_prompt(example, options, evidence, rng, product_shown_as=shown_as)
+        return prompt, target, target.index(ANSWER_OPEN) if cued else 0
 
     def draw(size: int) -> list[tuple]:
         return [notes() if notes is not None and replay_rng.random() < config.note_replay else pair(sampler())
