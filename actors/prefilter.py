@@ -591,7 +591,7 @@ def choose_position_norm(defects_raw: np.ndarray, defects_normalised: np.ndarray
                          normals_normalised: np.ndarray) -> dict:
     """Whether dividing by the cell levels tells labelled defects from normals at least as well
     (AUROC, ties keep the levels): the evidence is saved with the bank."""
-    from actors.prefilter_eval import auroc
+    from judo_model.metrics import auroc
 
     def separation(defects: np.ndarray, normals: np.ndarray) -> float:
         labels = np.r_[np.ones(len(defects), bool), np.zeros(len(normals), bool)]

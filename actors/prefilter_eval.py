@@ -19,7 +19,6 @@ import numpy as np
 import psutil
 from pydantic import BaseModel, Field
 from rich.table import Table
-from scipy.stats import rankdata
 from tqdm import tqdm
 
 from actors.features import BackboneConfig, FeatureExtractor, PreprocessConfig
@@ -35,6 +34,7 @@ from actors.prefilter import (
     labelled_defect_examples,
 )
 from judo_model.data.mvtec import MVTecCategory, discover_categories
+from judo_model.metrics import auroc
 
 METRICS = ("image_auroc", "pixel_auroc", "recall", "routing_rate", "fps_batch1", "fps_batch16", "peak_mem_mb")
 
@@ -66,17 +66,6 @@ def baseline_methods() -> list[EvalMethod]:
         EvalMethod(name="anchor_patchcore", config=anchor),
         EvalMethod(name="padim_gaussian", kind="gaussian", config=PatchCoreConfig()),
     ]
-
-
-def auroc(labels: Sequence[bool] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float | None:
-    """Area under the ROC curve (Mann-Whitney U with tied ranks); None with one class only."""
-    y = np.asarray(labels, dtype=bool).ravel()
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    ranks = rankdata(s)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 class PeakMemory:

@@ -11,7 +11,8 @@ import pytest
 
 from judo_model.imaging import encode_png, load_mask
 from judo_model.mmad.answerers import AnswererNotAvailable, GroundedAnswer, MMADQuery, load_answerer
-from judo_model.mmad.evaluate import auroc, evaluate
+from judo_model.metrics import auroc
+from judo_model.mmad.evaluate import evaluate
 from judo_model.mmad.format import MMADDataset
 from pipelines.cli import main
 from tests.test_data_dataset import synthetic_dataset  # noqa: F401  (shared session fixture)
@@ -89,8 +90,9 @@ def test_grounding_metrics_for_a_perfect_answerer(synthetic_dataset):  # noqa: F
 
 
 def test_auroc_rank_identity():
-    assert auroc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == pytest.approx(0.75)
-    assert auroc(np.array([1.0, 1.0]), np.array([0, 1])) == pytest.approx(0.5)
+    assert auroc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])) == pytest.approx(0.75)
+    assert auroc(np.array([0, 1]), np.array([1.0, 1.0])) == pytest.approx(0.5)
+    assert auroc([1, 1], [0.2, 0.3]) is None
 
 
 def test_eval_runs_on_a_folder_laid_out_like_the_real_mmad(tmp_path):

@@ -21,9 +21,9 @@ from actors.prefilter import (
     PrefilterScorer,
     kcenter_greedy,
 )
-from actors.prefilter_eval import auroc
 from judo_model.data.mvtec import discover_categories
 from judo_model.imaging import ImageDecodeError, encode_png
+from judo_model.metrics import auroc
 
 REAL = Path("/work/shared/data/real")
 pytestmark = pytest.mark.skipif(not REAL.is_dir(), reason="real data set not present")

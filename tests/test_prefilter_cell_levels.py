@@ -20,7 +20,7 @@ from actors.prefilter import (
     PrefilterScorer,
     choose_position_norm,
 )
-from actors.prefilter_eval import auroc
+from judo_model.metrics import auroc
 
 SIZE = 96
 

@@ -14,9 +14,9 @@ from typing import Callable, Iterable
 
 import numpy as np
 from rich.table import Table
-from scipy.stats import rankdata
 
 from judo_model.imaging import load_image, load_mask, resize_map
+from judo_model.metrics import auroc
 
 from .answerers import Answerer, GroundedAnswer, MMADQuery
 from .format import MMADDataset, MMADItem
@@ -59,16 +59,8 @@ class _GroundingAccumulator:
         if self.labels:
             labels = np.concatenate(self.labels)
             if labels.any() and not labels.all():
-                metrics.pixel_auroc = auroc(np.concatenate(self.scores), labels)
+                metrics.pixel_auroc = auroc(labels, np.concatenate(self.scores))
         return metrics
-
-
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve via the rank-sum (Mann-Whitney) identity; ties count half."""
-    labels = labels.astype(bool)
-    ranks = rankdata(scores)
-    positives, negatives = labels.sum(), (~labels).sum()
-    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
 def _binary_region(reply: GroundedAnswer, height: int, width: int) -> np.ndarray:
