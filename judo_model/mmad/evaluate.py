@@ -56,10 +56,8 @@ class _GroundingAccumulator:
         metrics = GroundingMetrics(images=len(self.scores))
         if self.ious:
             metrics.mean_iou = float(np.mean(self.ious))
-        if self.labels:
-            labels = np.concatenate(self.labels)
-            if labels.any() and not labels.all():
-                metrics.pixel_auroc = auroc(labels, np.concatenate(self.scores))
+        if self.labels:  # auroc is None where every pixel has one label
+            metrics.pixel_auroc = auroc(np.concatenate(self.labels), np.concatenate(self.scores))
         return metrics
 
 

@@ -125,12 +125,10 @@ def supervised_pairs(examples: list[Example], options: PromptOptions, evidence, 
     def pair(example: Example) -> tuple[JudoPrompt, str, int]:
         shown_as = None
         if invented and "Object Classification" in example.question_types:
-            shown_as = invented.one(rename_rng)
-            names = dict(zip(untrained, invented.others(rename_rng, shown_as, len(untrained))))
+            candidate = invented.one(rename_rng)
+            names = dict(zip(untrained, invented.others(rename_rng, candidate, len(untrained))))
             if names_product(example, options, evidence) and rename_rng.random() < config.unseen_product_share:
-                names[product_title(example.category)] = shown_as
-            else:
-                shown_as = None
+                shown_as = names[product_title(example.category)] = candidate
             example = with_products_renamed(example, names)
         hinted = note_type(example, options, evidence)
         target = target_for(example, hint=evidence_hint(example, options, evidence),
