@@ -82,6 +82,14 @@ def test_segmentation_iou_on_normal_images():
     assert rewards == [1.0, 0.0, 0.0]
 
 
+
+def test_empty_region_reward_column_sets_what_a_right_normal_verdict_earns():
+    completions = [output(), output(boxes=[[0, 0, 10, 10]]), output(), output(boxes=[[0, 0, 500, 1000]])]
+    rewards = segmentation_iou_reward(completions, gt_boxes=[[], [], [], [[0, 0, 500, 1000]]],
+                                      empty_region_reward=[0.4, 0.4, None, 0.4])
+    # only an empty region on a normal image changes; a row without a value keeps 1.0
+    assert rewards == pytest.approx([0.4, 0.0, 1.0, 1.0])
+
 def test_segmentation_iou_against_a_mask_array_and_a_mask_file(tmp_path):
     mask = np.zeros((100, 200), dtype=bool)
     mask[0:50, 0:100] = True  # the top-left quarter

@@ -530,8 +530,11 @@ def test_grpo_rows_carry_the_guide_and_the_chosen_region_truth(data_dir, example
 
     evidence = load_evidence(data_dir)
     by_mask = grpo_rows(examples, PromptOptions(), evidence, 12, seed=2)
-    by_boxes = grpo_rows(examples, PromptOptions(), evidence, 12, seed=2, region_truth="boxes")
+    by_boxes = grpo_rows(examples, PromptOptions(), evidence, 12, seed=2, region_truth="boxes",
+                         empty_region_reward=0.4)
     assert any(row["mask"] for row in by_mask) and not any(row["mask"] for row in by_boxes)
+    assert {row["empty_region_reward"] for row in by_mask} == {1.0}
+    assert {row["empty_region_reward"] for row in by_boxes} == {0.4}
     assert [row["gt_boxes"] for row in by_mask] == [row["gt_boxes"] for row in by_boxes]
     known_types = set(defect_titles(examples))
     guides = [json.loads(row["guide"]) for row in by_boxes]

@@ -62,7 +62,7 @@ REGION_TRUTHS = ("mask", "boxes")
 
 
 def grpo_rows(examples: list[Example], options: PromptOptions, evidence, count: int, seed: int = 0,
-              region_truth: str = "mask") -> list[dict]:
+              region_truth: str = "mask", empty_region_reward: float = 1.0) -> list[dict]:
     """``count`` balanced single-question prompts with the reward columns."""
     if region_truth not in REGION_TRUTHS:
         raise ValueError(f"region_truth must be one of {REGION_TRUTHS}, got {region_truth!r}")
@@ -80,6 +80,7 @@ def grpo_rows(examples: list[Example], options: PromptOptions, evidence, count: 
             "options": json.dumps(example.questions[0].options),
             "mask": str(example.root / example.mask_key) if example.mask_key and region_truth == "mask" else "",
             "gt_boxes": [list(b) for b in target_boxes(mask)] if mask.any() else [],
+            "empty_region_reward": empty_region_reward,
             "guide": json.dumps({"defect_types": evidence.defect_types_of(example.key) if evidence else None,
                                  "answer_options": list(example.questions[0].options.values())}),
         })
@@ -122,13 +123,13 @@ def train_grpo_trl(model, processor, examples: list[Example], options: PromptOpt
                    out_dir: str, num_generations: int = 4, prompts_per_step: int = 2, lr: float = 5e-5,
                    beta: float = 0.04, max_completion_length: int = 80, temperature: float = 1.0,
                    scale_rewards: str = "group", region_truth: str = "mask", guided: bool = True,
-                   seed: int = 0) -> Curve:
+                   empty_region_reward: float = 1.0, seed: int = 0) -> Curve:
     """Run TRL's GRPOTrainer on CPU for ``steps`` steps; trains ``model`` in place."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
     rows = grpo_rows(examples, options, evidence, max(steps * prompts_per_step, prompts_per_step), seed,
-                     region_truth)
+                     region_truth, empty_region_reward)
     dataset = Dataset.from_list(rows)
     config = GRPOConfig(
         output_dir=out_dir,

@@ -185,7 +185,7 @@ def train(data_dir: str | Path, out_dir: str | Path, stage: str = "all", recipe:
                                    beta=recipe.grpo_beta, temperature=recipe.grpo_temperature,
                                    scale_rewards=recipe.grpo_scale_rewards,
                                    region_truth=recipe.grpo_region_truth, guided=recipe.grpo_guided,
-                                   seed=recipe.seed)
+                                   empty_region_reward=recipe.grpo_empty_region_reward, seed=recipe.seed)
         curve.seconds = time.time() - start
         log.stages.append(curve.as_dict())
         print(f"{name}: {curve.seconds:.0f} s", flush=True)

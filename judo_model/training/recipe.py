@@ -34,6 +34,9 @@ class Recipe:
     grpo_guided: bool = True
     #: what the segmentation reward compares the region with (grpo.REGION_TRUTHS)
     grpo_region_truth: str = "mask"
+    #: segmentation reward of an empty region on a normal image; below 1 it matches what a right
+    #: defect verdict's region earns (an IoU), so the reward does not favour "no defect" by itself
+    grpo_empty_region_reward: float = 1.0
     reference: bool = True
     evidence_route: str | None = "heat_crop_text"
     domain_knowledge_prob: float = 0.25
