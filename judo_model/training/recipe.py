@@ -17,7 +17,7 @@ class Recipe:
     note_above_share: float = 0.85
     note_hint_share: float = 0.95
     seg_steps: int = 300
-    sft_steps: int = 600
+    sft_steps: int = 1000
     grpo_steps: int = 0
     batch_size: int = 8
     seg_lr: float = 1e-3
