@@ -147,8 +147,9 @@ SUBSET_TITLES = {"test": "Synthetic test split (in-distribution categories)",
                  "heldout": "Held-out categories",
                  "test_wide": "Wide synthetic test split (4 + 4 images per in-distribution category)",
                  "heldout_wide": "Wide held-out categories (8 + 8 images per held-out category)"}
-#: The rows of the stage ladder, as the issue lists them; (d) is the shipped checkpoint's row.
-LADDER = {"a": "a", "b": "b", "c": "c", "d": "cell-levels"}
+#: The rows of the stage ladder, as the issue lists them, every one with Stage 2's 600 steps; then
+#: the shipped checkpoint, (d) with 1 000.
+LADDER = {"a": "a", "b": "b", "c": "c", "d": "cell-levels", "shipped": "sft-1000"}
 #: How the answerer picks an option (``judo eval mmad --mode``): the letter its generated answer
 #: text matches, its answer decoded as one of the options' texts, or the option whose text is most
 #: likely after its own reasoning.
@@ -579,7 +580,8 @@ def cmd_compare(args) -> None:
                 low, high = interval(draws[:, i])
                 results["rows"].append({"subset": subset, "mode": mode, "row": row, "average": round(points[i], 1),
                                         "low": low, "high": high, "images": images})
-            steps = list(zip(present, present[1:])) + ([("a", "d")] if {"a", "d"} <= set(present) else [])
+            steps = list(zip(present, present[1:])) + [("a", last) for last in ("d", "shipped") if
+                                                        {"a", last} <= set(present)]
             for first, second in steps:
                 i, j = present.index(first), present.index(second)
                 low, high = interval(draws[:, j] - draws[:, i])
@@ -617,8 +619,8 @@ def cmd_report(args) -> None:
         ladder = json.loads(steps_path.read_text())
         chance = json.loads((RESULTS / "row_chance.json").read_text()) if (RESULTS / "row_chance.json").is_file() else {}
         lines += ["## Stage ladder on the wide subsets, with 95 % intervals", "",
-                  "Rows " + ", ".join(f"({k}) = row {v}" for k, v in LADDER.items()) + "; (e) is (d) + Stage 3, "
-                  "off in the shipped recipe. Intervals resample the images with replacement, every row on the "
+                  "Rows " + ", ".join(f"({k}) = row {v}" for k, v in LADDER.items()) + "; (a)-(d) train Stage 2 "
+                  "for 600 steps, the shipped checkpoint for 1 000; (e) is Stage 3, off in the shipped recipe. Intervals resample the images with replacement, every row on the "
                   "same draw, so a step's interval above 0 is a gain that is not noise. Chance: the expected "
                   "average of a uniform guess.", "",
                   "| subset | mode | chance | " + " | ".join(f"({k})" for k in LADDER) + " |",
