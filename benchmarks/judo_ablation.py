@@ -236,12 +236,15 @@ def cmd_eval(args) -> None:
     if args.latency:
         result["latency"] = verdict_latency(answerer, args.data, subset_file(args.data, "test"), args.latency)
         print("latency", result["latency"], flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"row_{args.row}{suffix}.json"
-    if path.is_file():  # a run on other subsets keeps the subsets scored before
-        earlier = json.loads(path.read_text())
-        result = {**{k: v for k, v in earlier.items() if k in SUBSETS or k == "latency"}, **result}
-    path.write_text(json.dumps(result, indent=1))
+    save_row(RESULTS / f"row_{args.row}{suffix}.json", result)
+
+
+def save_row(path: Path, result: dict) -> None:
+    """Write one row's result, keeping the subsets (and latency) an earlier run on other subsets scored."""
+    earlier = json.loads(path.read_text()) if path.is_file() else {}
+    kept = {key: value for key, value in earlier.items() if key in SUBSETS or key == "latency"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**kept, **result}, indent=1))
 
 
 def recipe_summary(checkpoint: Path) -> str:
@@ -521,11 +524,8 @@ def cmd_random(args) -> None:
                         "average_spread": round(statistics.stdev(t.cell("Average", "Average") for t in tables), 1)}
         print(name, "one draw", draw[name]["accuracy"]["Average"], "expected", chance[name]["accuracy"]["Average"],
               "spread of one draw", chance[name]["average_spread"], flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
     for row in (draw, chance):
-        path = RESULTS / f"row_{row['row']}.json"
-        earlier = json.loads(path.read_text()) if path.is_file() else {}
-        path.write_text(json.dumps({**{k: v for k, v in earlier.items() if k in SUBSETS}, **row}, indent=1))
+        save_row(RESULTS / f"row_{row['row']}.json", row)
 
 
 def image_groups(answers: list[dict]) -> dict[str, list[dict]]:
@@ -573,9 +573,9 @@ def cmd_compare(args) -> None:
             present = [row for row, path in paths.items() if path.is_file()]
             if not present:
                 continue
-            points, draws = resampled_averages([json.loads(paths[row].read_text()) for row in present],
-                                               args.resamples)
-            images = len(image_groups(json.loads(paths[present[0]].read_text())))
+            answers = [json.loads(paths[row].read_text()) for row in present]
+            points, draws = resampled_averages(answers, args.resamples)
+            images = len(image_groups(answers[0]))
             for i, row in enumerate(present):
                 low, high = interval(draws[:, i])
                 results["rows"].append({"subset": subset, "mode": mode, "row": row, "average": round(points[i], 1),

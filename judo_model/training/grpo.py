@@ -7,7 +7,8 @@ placeholders, ``images`` the juxtaposed images in placeholder order (reference, 
 evidence); TRL injects the images into the placeholders, renders the chat template with
 the JUDO processor and passes ``pixel_values`` / ``image_grid_thw`` to generation and to
 the policy / reference log-probabilities. The remaining columns (``answer``,
-``options``, ``mask``, ``gt_boxes``) reach the rewards as keyword arguments.
+``options``, ``mask``, ``gt_boxes``, ``empty_region_reward``, ``guide``) reach the rewards as
+keyword arguments; ``guide`` is read by the guided trainer, the others by the rewards.
 
 With ``guided`` (the recipe's ``grpo_guided``) completions are sampled as JUDO answers at
 inference: the verdict's type among the product's labelled types and each answer among its

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 
@@ -64,10 +65,12 @@ INVENTED_NAME_KINDS = ("listed", "random")
 _CONSONANTS, _VOWELS = "bdfgklmnprstvz", "aeiou"
 
 
-def _catalogue_words() -> set[str]:
+@lru_cache(maxsize=1)
+def _catalogue_words() -> frozenset[str]:
+    """Every word of a catalogue product's name (read once: invented names must avoid them all)."""
     from judo_model.data.knowledge import CATEGORY_FACTS
 
-    return {word for facts in CATEGORY_FACTS.values() for word in facts.display_name.lower().split()}
+    return frozenset(word for facts in CATEGORY_FACTS.values() for word in facts.display_name.lower().split())
 
 
 def invented_products() -> list[str]:
