@@ -33,12 +33,13 @@ kafka-jars: install
 demo: kafka-jars
 	$(VENV)/bin/judo demo
 
+# Skipped tests print their reason (-rs); the real-image tests read JUDO_REAL_DATA (docs/data.md).
 test: kafka-jars browser
-	$(PY) -m pytest -q -p no:cacheprovider -rfE tests
+	$(PY) -m pytest -q -p no:cacheprovider -rfEs tests
 
 # The fault-injection suite alone (tests/test_faults.py, part of `make test`; about 25 min on 2 cores).
 test-faults: kafka-jars
-	$(PY) -m pytest -q -p no:cacheprovider -rfE -m faults tests
+	$(PY) -m pytest -q -p no:cacheprovider -rfEs -m faults tests
 
 # Debian's headless Chromium and its driver, for the dashboard's browser test (tests/test_dashboard.py);
 # installed once through apt, never downloaded by the test. Without them that test skips and says why.

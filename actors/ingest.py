@@ -1,48 +1,25 @@
 """Ingest: turn Kafka records into validated, decoded frames — or dead letters with a reason.
 
-Plain-Python core: :class:`FrameDecoder` (validation and decoding) and
-:class:`OffsetTracker` (which offsets may be committed: only those whose verdict
-or dead letter is durable, as a contiguous prefix per partition). The Ray actor
-that owns the consumer and drives each frame through the pipeline is in
-:mod:`pipelines.driver`.
+:class:`FrameDecoder` is the first stage of the frame path (:mod:`pipelines.frame_path`); the
+records come from the Kafka intake (:mod:`actors.intake`).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterable
 
 import numpy as np
 
-from cluster.messages import DeadLetter, Frame, MessageValidationError, dead_letter_for, frame_from_record
+from actors.intake import RawRecord, RecordPosition
+from cluster.messages import DeadLetter, Frame
+from cluster.records import MessageValidationError, dead_letter_for, frame_from_record
 from cluster.telemetry import context_to_carrier, extract_context, tracer
 from judo_model.imaging import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 
 log = logging.getLogger(__name__)
-
-@dataclass(frozen=True)
-class RecordPosition:
-    topic: str
-    partition: int
-    offset: int
-
-
-@dataclass
-class RawRecord:
-    """The parts of a consumed Kafka record we use (a plain object so it crosses Ray calls)."""
-
-    position: RecordPosition
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]]
-
-    @classmethod
-    def from_consumer_record(cls, record) -> "RawRecord":
-        return cls(RecordPosition(record.topic, record.partition, record.offset),
-                   record.key, record.value, list(record.headers or []))
 
 
 @dataclass
@@ -127,69 +104,3 @@ class FrameDecoder:
             "ingest", exc, topic=record.position.topic, partition=record.position.partition,
             offset=record.position.offset, key=record.key, value=record.value, headers=record.headers)
         return Rejected(letter, record.position, context_to_carrier())
-
-
-class OffsetTracker:
-    """Commit-after-durable bookkeeping for at-least-once delivery.
-
-    Offsets are registered when consumed and marked done when their result is
-    durable; :meth:`committable` returns, per partition, the next offset to commit:
-    one past the longest prefix of done offsets. A frame finished out of order never
-    lets an earlier, unfinished frame be skipped.
-    """
-
-    def __init__(self) -> None:
-        self._pending: dict[tuple[str, int], dict[int, bool]] = {}
-        self._committed: dict[tuple[str, int], int] = {}
-        self._lock = threading.Lock()
-
-    def add(self, position: RecordPosition) -> None:
-        with self._lock:
-            self._pending.setdefault((position.topic, position.partition), {})[position.offset] = False
-
-    def done(self, position: RecordPosition) -> None:
-        with self._lock:
-            offsets = self._pending.get((position.topic, position.partition))
-            if offsets is not None and position.offset in offsets:
-                offsets[position.offset] = True
-
-    def is_done(self, position: RecordPosition) -> bool:
-        """True once marked done (or already committed past)."""
-        with self._lock:
-            tp = (position.topic, position.partition)
-            offsets = self._pending.get(tp, {})
-            if position.offset in offsets:
-                return offsets[position.offset]
-            return position.offset < self._committed.get(tp, 0)
-
-    def in_flight(self, partitions: Iterable[tuple[str, int]] | None = None) -> int:
-        """Frames consumed and not yet done, in ``partitions`` (all when None)."""
-        with self._lock:
-            wanted = self._pending.keys() if partitions is None else set(partitions) & self._pending.keys()
-            return sum(1 for tp in wanted for finished in self._pending[tp].values() if not finished)
-
-    def committable(self) -> dict[tuple[str, int], int]:
-        """Advance each partition past its done prefix; return the offsets to commit now."""
-        with self._lock:
-            return self._advance()
-
-    def _advance(self) -> dict[tuple[str, int], int]:
-        result = {}
-        for tp, offsets in self._pending.items():
-            next_offset = None
-            for offset in sorted(offsets):
-                if not offsets[offset]:
-                    break
-                next_offset = offset + 1
-                del offsets[offset]
-            if next_offset is not None and next_offset > self._committed.get(tp, -1):
-                self._committed[tp] = next_offset
-                result[tp] = next_offset
-        return result
-
-    def forget(self, partitions: Iterable[tuple[str, int]]) -> None:
-        """Drop partitions taken away by a rebalance; their frames will be redelivered elsewhere."""
-        with self._lock:
-            for tp in partitions:
-                self._pending.pop(tp, None)
-                self._committed.pop(tp, None)

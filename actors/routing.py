@@ -1,7 +1,7 @@
 """Routing: which frames JUDO must look at, and the verdict for the ones it need not.
 
 A frame whose prefilter score is above its product's threshold (the calibrated upper
-bound of normal scores, see :class:`actors.prefilter.Calibration`) is routed to JUDO; every other frame gets a ``prefilter`` verdict straight away. Thresholds come
+bound of normal scores, see :class:`judo_model.prefilter.calibration.Calibration`) is routed to JUDO; every other frame gets a ``prefilter`` verdict straight away. Thresholds come
 from each product's calibrated bank, optionally overridden in the pipeline config.
 """
 

@@ -8,8 +8,11 @@ are redelivered (at-least-once; duplicates carry the same ``frame_id``).
 
 from __future__ import annotations
 
+import ray
+
 from cluster.kafka import KafkaSettings
-from cluster.messages import DeadLetter, Verdict, dead_letter_to_record, verdict_to_record
+from cluster.messages import DeadLetter, Verdict
+from cluster.records import dead_letter_to_record, verdict_to_record
 from cluster.telemetry import context_from_carrier, inject_headers, setup_tracing, tracer
 
 
@@ -56,9 +59,7 @@ class VerdictSink:
 
 
 def sink_actor_class():
-    """The thin Ray actor around :class:`VerdictSink` (Ray imported only when asked for)."""
-    import ray
-
+    """The thin Ray actor around :class:`VerdictSink`."""
     @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
     class SinkActor:
         def __init__(self, settings: dict, verdict_topic: str, dead_letter_topic: str,

@@ -1,7 +1,7 @@
 """Fault benchmark: one streaming run per fault; frames in, verdicts out, lost, duplicates, recovery.
 
 Run: ``python benchmarks/faults.py --json docs/faults.json`` (writes ``docs/faults.md`` beside it).
-Each run uses real Kafka, real Ray and the shipped JUDO; see :mod:`pipelines.faults`.
+Each run uses real Kafka, real Ray and the shipped JUDO; see :mod:`tooling.faults`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from pipelines.faults import FAULTS, FaultBench, FaultSettings  # noqa: E402
+from tooling.faults.bench import FaultBench  # noqa: E402
+from tooling.faults.catalogue import FAULTS, FaultSettings  # noqa: E402
 
 COLUMNS = ("fault", "frames in", "verdicts out", "lost", "duplicates", "recovery s", "gap s", "pre-fault frames/s",
            "JUDO verdicts", "fallback verdicts")
@@ -43,7 +44,7 @@ def markdown(results: dict) -> str:
         "(2 frame drivers, 2 prefilter actors, 2 JUDO replicas of the shipped tiny checkpoint on Ray Serve, "
         f"JUDO request timeout {s['judo_timeout_s']:g} s, 3 retries) runs on real Ray. The fault is injected once "
         f"{s['fault_after']:.0%} of the frames have verdicts. Produced by `benchmarks/faults.py` "
-        f"({results['machine']}, {results['date']}); the same harness (`pipelines/faults.py`) runs in "
+        f"({results['machine']}, {results['date']}); the same harness (`tooling/faults/`) runs in "
         "`tests/test_faults.py`, part of `make test`.",
         "",
         "| " + " | ".join(COLUMNS) + " |",
@@ -61,7 +62,9 @@ def markdown(results: dict) -> str:
         "",
         f"Broker outage and pipeline down time: {s['outage_s']:g} s (plus the time to stop and start); "
         f"the stalled replica wedges on the next request that reaches it and holds that request, and every "
-        f"one arriving meanwhile, for {s['stall_s']:g} s.",
+        f"one arriving meanwhile, for {s['stall_s']:g} s. That run deploys the fault harness's "
+        "`tooling.faults.stall.StallingJudoReplica` (the production replica plus the stall) in place of the "
+        "production deployment.",
         "",
         "## Columns",
         "",

@@ -5,14 +5,15 @@ Run: ``python benchmarks/pipeline.py --frames 300 --json docs/pipeline_benchmark
 1. Max rate: all frames (rendered beforehand, as in the in-process run) published at once;
    sustained rate = frames / (last verdict - first frame).
 2. Paced run at 80 % of that rate: pass-path and JUDO-path latency percentiles.
-3. The same stages called in one process on the same frames (decode, prefilter, route, references,
-   JUDO for suspect frames): the compute the pipeline must at least spend. Overhead of Kafka + Ray =
+3. The same frame path (:class:`pipelines.frame_path.FramePath`) with its stages called in one
+   process on the same frames (decode, prefilter with references, route, JUDO for suspect frames): the compute the pipeline must at least spend. Overhead of Kafka + Ray =
    pipeline seconds per frame / in-process seconds per frame - 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import sys
@@ -24,17 +25,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from cluster.kafka import LocalKafka  # noqa: E402
+from actors.ingest import FrameDecoder  # noqa: E402
+from actors.intake import OffsetTracker, RawRecord, RecordPosition  # noqa: E402
+from actors.prefilter import PrefilterService  # noqa: E402
+from actors.routing import Router  # noqa: E402
+from cluster.local_kafka import LocalKafka  # noqa: E402
+from cluster.records import frame_to_record  # noqa: E402
 from cluster.telemetry import percentile  # noqa: E402
 from pipelines.commands import SHIPPED_CHECKPOINT  # noqa: E402
-from pipelines.demo import DEMO_PRODUCTS, demo_config, prepare_banks  # noqa: E402
-from pipelines.gallery import collect_verdicts  # noqa: E402
-from pipelines.simulator import CameraSimulator, CameraSpec, publish_frames  # noqa: E402
+from pipelines.frame_path import FramePath  # noqa: E402
+from pipelines.runner import Pipeline, routing_thresholds  # noqa: E402
+from pipelines.serve_app import JudoInference, SuspectFrame, with_references  # noqa: E402
+from tooling.demo import DEMO_PRODUCTS, demo_config, prepare_banks  # noqa: E402
+from tooling.gallery import collect_verdicts  # noqa: E402
+from tooling.simulator import CameraSimulator, CameraSpec, publish_frames  # noqa: E402
 
 
 def run_stream(kafka, config, cameras, frames: int, fps: float | None, seed: int, tag: str) -> dict:
-    from pipelines.runner import Pipeline
-
     topics = config.topics.model_copy(update={
         "frames": f"{tag}.frames", "verdicts": f"{tag}.verdicts", "dead_letters": f"{tag}.dlq",
         "feedback": f"{tag}.feedback"})
@@ -66,40 +73,53 @@ def run_stream(kafka, config, cameras, frames: int, fps: float | None, seed: int
     }
 
 
-def in_process(config, cameras, frames: int, seed: int) -> dict:
-    """The same stage code, called directly, on the same frames: the compute floor."""
-    from actors.ingest import FrameDecoder, RawRecord, RecordPosition
-    from actors.prefilter import PrefilterService
-    from actors.references import REFERENCES_SUBDIR, ReferenceService
-    from actors.routing import Router
-    from cluster.messages import frame_to_record
-    from judo_model.imaging import decode_image
-    from pipelines.runner import routing_thresholds
-    from pipelines.serve_app import JudoFrameRequest, JudoReplica
+class LocalPrefilter:
+    """The prefilter stage called in this process."""
 
+    def __init__(self, service: PrefilterService, references_k: int):
+        self.service = service
+        self.references_k = references_k
+
+    async def screen(self, product: str, frames: list) -> list[dict]:
+        return self.service.screen_frames(product, [f.image for f in frames], [f.trace for f in frames],
+                                          [f.frame.frame_id for f in frames], self.references_k)
+
+
+class LocalJudo:
+    """The JUDO stage called in this process (references read from the bank folder, as a replica does)."""
+
+    def __init__(self, inference: JudoInference):
+        self.inference = inference
+
+    async def judge(self, request, reference_paths: list[str]):
+        return self.inference.infer([with_references(SuspectFrame(request, reference_paths))])[0]
+
+
+class DiscardingSink:
+    async def write(self, verdicts, letters) -> None:
+        pass
+
+
+def in_process(config, cameras, frames: int, seed: int) -> dict:
+    """The same frame path and stage code, called in one process one frame at a time: the compute floor."""
     banks = {n: str(p.bank) for n, p in config.products.items()}
-    prefilter = PrefilterService(banks, threads=config.prefilter.threads_per_actor)
-    references = ReferenceService({n: str(Path(b) / REFERENCES_SUBDIR) for n, b in banks.items()}, threads=1)
-    replica = JudoReplica(config.judo.model_dump(mode="json"))
-    router = Router(routing_thresholds(config))
-    decoder = FrameDecoder(known_products=banks)
+    tracker = OffsetTracker()
+    path = FramePath(
+        FrameDecoder(known_products=banks),
+        LocalPrefilter(PrefilterService(banks, threads=config.prefilter.threads_per_actor, with_references=True),
+                       config.prefilter.references_k),
+        Router(routing_thresholds(config)), LocalJudo(JudoInference(config.judo.model_dump(mode="json"))),
+        DiscardingSink(), tracker)
     sent = list(CameraSimulator(cameras, defect_rate=0.1, seed=seed, run_id="inproc").frames(frames))
+    records = [RawRecord(RecordPosition("frames", 0, i), *frame_to_record(item.frame)) for i, item in enumerate(sent)]
+
+    async def walk() -> None:
+        for record in records:
+            tracker.add(record.position)
+            await path.process([record])
+
     started = time.perf_counter()
-    for i, item in enumerate(sent):
-        key, value, headers = frame_to_record(item.frame)
-        decoded = decoder.decode(RawRecord(RecordPosition("frames", 0, i), key, value, headers))
-        [scored] = prefilter.score_frames(decoded.frame.product, [decoded.image], [decoded.trace])
-        decision = router.decide(decoded.frame.product, scored["score"])
-        if decision.to_judo:
-            refs = references.query_descriptors(decoded.frame.product, scored["descriptor"],
-                                                config.prefilter.references_k, True)
-            hint, types = references.defect_evidence(decoded.frame.product, decoded.image, scored["anomaly_map"])
-            replica.infer([JudoFrameRequest(
-                frame_id=decoded.frame.frame_id, camera_id=decoded.frame.camera_id, line_id=decoded.frame.line_id,
-                product=decoded.frame.product, captured_at=decoded.frame.captured_at, query=decoded.image,
-                references=[decode_image(r["image"]) for r in refs[0]], anomaly_score=decision.score,
-                threshold=decision.threshold, anomaly_map=scored.get("anomaly_map"), defect_hint=hint,
-                defect_types=types)])
+    asyncio.run(walk())
     seconds = time.perf_counter() - started
     return {"frames": frames, "seconds": seconds, "frames_per_s": frames / seconds}
 

@@ -30,10 +30,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from actors.features import BackboneConfig, PreprocessConfig  # noqa: E402
-from actors.prefilter import PatchCoreConfig  # noqa: E402
 from judo_model.data.mvtec import discover_categories  # noqa: E402
-from actors.prefilter_eval import (  # noqa: E402
+from judo_model.prefilter.evaluation import (  # noqa: E402
     EvalMethod,
     baseline_methods,
     default_method,
@@ -43,6 +41,8 @@ from actors.prefilter_eval import (  # noqa: E402
     markdown_table,
     results_table,
 )
+from judo_model.prefilter.features import BackboneConfig, PreprocessConfig  # noqa: E402
+from judo_model.prefilter.patchcore import PatchCoreConfig  # noqa: E402
 
 
 def plot(results: dict[str, dict[str, dict[str, dict]]], path: Path) -> None:

@@ -8,7 +8,13 @@ import logging
 import sys
 from pathlib import Path
 
-from cluster.kafka import KAFKA_VERSION, KafkaError, ensure_kafka_jars, kafka_attach, kafka_down, kafka_up
+from rich.console import Console
+from rich.table import Table
+
+from cluster.kafka import KafkaError
+from cluster.kafka_broker import KAFKA_VERSION, ensure_kafka_jars
+from cluster.local_kafka import kafka_attach, kafka_down, kafka_up
+from cluster.telemetry import read_spans, summarize_spans
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -86,11 +92,6 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _summarize_traces(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from cluster.telemetry import read_spans, summarize_spans
-
     if not args.file.exists():
         print(f"error: {args.file} does not exist", file=sys.stderr)
         return 1

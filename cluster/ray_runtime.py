@@ -21,7 +21,8 @@ def ray_environment() -> dict[str, str]:
     """Variables every Ray process of the pipeline gets (also passed to workers)."""
     env = {key: os.environ.get(key, value) for key, value in RAY_ENV_DEFAULTS.items()}
     for passthrough in ("RAY_AUTH_MODE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "OTEL_SERVICE_NAME",
-                        "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_TRACES_EXPORTER", "JUDO_TRACE_FILE"):
+                        "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_TRACES_EXPORTER",
+                        "JUDO_TRACE_FILE"):
         if passthrough in os.environ:
             env[passthrough] = os.environ[passthrough]
     return env
@@ -31,7 +32,7 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     """Connect to Ray; return True when this call started a local instance (so it should stop it)."""
     for key, value in ray_environment().items():
         os.environ.setdefault(key, value)
-    import ray
+    import ray  # after the defaults above: Ray reads some of them once, when it is imported
 
     if ray.is_initialized():
         return False
@@ -45,7 +46,7 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
 
 
 def stop_ray() -> None:
-    import ray
+    import ray  # same module start_ray imported; kept here so importing this module never loads Ray
 
     if ray.is_initialized():
         ray.shutdown()

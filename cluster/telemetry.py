@@ -18,6 +18,7 @@ from typing import Iterable, Sequence
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -102,9 +103,8 @@ def setup_tracing(
     """Install the process-wide tracer provider once; later calls return the same one
     (adding their ``trace_file`` to it when it is new).
 
-    Exporters: a JSON-lines file (``trace_file`` or ``$JUDO_TRACE_FILE``), OTLP/HTTP when
-    ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or the traces-specific variable) is set or
-    ``OTEL_TRACES_EXPORTER`` names ``otlp``, and the console when asked for.
+    Exporters: a JSON-lines file (``trace_file`` or ``$JUDO_TRACE_FILE``) and those of
+    :func:`exporters_from_env` (OTLP/HTTP, console).
     The JSON-lines file is written as each span ends; ``synchronous`` does the same for the
     other exporters.
     """
@@ -119,7 +119,7 @@ def setup_tracing(
         if service_name and not os.environ.get("OTEL_SERVICE_NAME"):
             attributes["service.name"] = service_name
         provider = TracerProvider(resource=Resource.create(attributes))
-        for exporter in _exporters_from_env(trace_file, console):
+        for exporter in exporters_from_env(trace_file, console):
             # the local file is written span by span: an actor killed without a flush loses nothing
             local = isinstance(exporter, JsonLinesSpanExporter)
             processor = SimpleSpanProcessor if synchronous or local else BatchSpanProcessor
@@ -131,22 +131,25 @@ def setup_tracing(
         return provider
 
 
-def _exporters_from_env(trace_file: str | Path | None, console: bool | None) -> list[SpanExporter]:
-    names = {n.strip() for n in os.environ.get("OTEL_TRACES_EXPORTER", "").split(",") if n.strip()}
-    exporters: list[SpanExporter] = []
+def exporters_from_env(trace_file: str | Path | None, console: bool | None) -> list[SpanExporter]:
+    """The span exporters the environment asks for.
+
+    ``OTEL_TRACES_EXPORTER`` (comma list of ``otlp``, ``console``, ``none``) decides when set; an OTLP
+    endpoint variable alone turns OTLP on only when it is unset. ``none`` turns off every OTel exporter,
+    the endpoint too; the project's own JSON-lines file (``trace_file``/``$JUDO_TRACE_FILE``) stays.
+    """
+    setting = os.environ.get("OTEL_TRACES_EXPORTER", "").strip()
+    names = {n.strip() for n in setting.split(",") if n.strip()}
     if "none" in names:
         names.clear()
+    exporters: list[SpanExporter] = []
     path = trace_file or os.environ.get(TRACE_FILE_ENV)
     if path:
         exporters.append(JsonLinesSpanExporter(path))
     if console or "console" in names:
         exporters.append(ConsoleSpanExporter())
-    wants_otlp = "otlp" in names or bool(
-        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-    )
-    if wants_otlp:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    if "otlp" in names or (not setting and endpoint):
         exporters.append(OTLPSpanExporter())
     return exporters
 

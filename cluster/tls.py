@@ -26,6 +26,7 @@ class TlsFiles:
 def write_tls_files(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
                     days: int = 2) -> TlsFiles:
     """Create a CA and broker/client certificates it signs, valid for ``hosts``, under ``directory``."""
+    # cryptography is a test extra (pyproject [test]): only an SSL listener needs it, so import it here
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec

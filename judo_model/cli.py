@@ -11,9 +11,15 @@ import argparse
 from pathlib import Path
 from typing import Callable
 
+from rich.console import Console
 from tqdm import tqdm
 
+from judo_model.data.contact_sheet import draw_contact_sheet
+from judo_model.data.synth.writer import generate_dataset, split_counts
 from judo_model.mmad.answerers import ANSWER_MODES
+from judo_model.mmad.evaluate import evaluate, render_table, write_result
+from judo_model.mmad.format import MMADDataset
+from judo_model.training.cli import register_train as register_training_commands
 
 Registrar = Callable[[argparse._SubParsersAction], None]
 #: Columns used when output is piped or captured, so the 14-column table is not squeezed.
@@ -21,8 +27,6 @@ WIDE_CONSOLE = 220
 
 
 def _run_synth(args: argparse.Namespace) -> int:
-    from judo_model.data.synth.writer import generate_dataset, split_counts
-
     heldout = None if args.heldout is None else [c for c in args.heldout if c != "none"]
     manifest = generate_dataset(args.out, seed=args.seed, categories=args.categories,
                                 images_per_category=args.images_per_category, size=args.size, heldout=heldout,
@@ -35,20 +39,14 @@ def _run_synth(args: argparse.Namespace) -> int:
 
 
 def _run_contact_sheet(args: argparse.Namespace) -> int:
-    from judo_model.data.contact_sheet import draw_contact_sheet
-
     path = draw_contact_sheet(args.out, seed=args.seed, size=args.size)
     print(f"wrote {path}")
     return 0
 
 
 def _run_eval_mmad(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from judo_model.mmad.answerers import load_answerer
-    from judo_model.mmad.evaluate import evaluate, render_table, write_result
-    from judo_model.mmad.format import MMADDataset
-
+    # CLI start-up: a JUDO answerer loads torch and transformers; the other commands must not pay for them
+    from judo_model.mmad.judo_answerer import load_answerer
     dataset = MMADDataset(args.data, args.questions)
     answerer = load_answerer(args.model, seed=args.seed, data_dir=args.data, questions_file=args.questions,
                              mode=args.mode, verdict_first=args.verdict_first)
@@ -119,8 +117,6 @@ def register_eval(subparsers: argparse._SubParsersAction) -> None:
 
 #: Command groups this module contributes; other areas append their own registrar.
 def register_train(subparsers: argparse._SubParsersAction) -> None:
-    from judo_model.training.cli import register_train as register_training_commands
-
     register_training_commands(subparsers)
 
 

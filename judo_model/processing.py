@@ -49,7 +49,7 @@ QWEN_SPECIAL_TOKENS: tuple[str, ...] = (
     "<|file_sep|>",
 )
 
-#: The output-contract tags (see ``judo_model.output``) as single, *non-special* tokens:
+#: The output-contract tags (see ``judo_model.runtime.output``) as single, *non-special* tokens:
 #: the tiny model learns the structure from one id per tag, and decoding with
 #: ``skip_special_tokens=True`` keeps them.
 CONTRACT_TAG_TOKENS: tuple[str, ...] = (

@@ -8,11 +8,9 @@ Each has TRL ``GRPOTrainer``'s signature ``reward(completions, **kwargs) -> list
 - ``options``: ``{letter: text}`` per question (a list of them for several questions), or None.
 - ``gt_boxes``: ground-truth boxes in 0-1000 coordinates, ``[]`` for a normal image.
 - ``mask``: ground-truth mask (bool array or image path); takes precedence over ``gt_boxes``.
-- ``empty_region_reward`` (optional): what an empty region earns on a normal image (1.0 without
-  the column).
 
 A reward returns None for a sample it cannot score (no ground truth for it), which TRL
-skips when it sums rewards. Every output is read with :func:`judo_model.output.parse_output`.
+skips when it sums rewards. Every output is read with :func:`judo_model.runtime.output.parse_output`.
 """
 
 from __future__ import annotations
@@ -23,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from judo_model.imaging import load_mask
-from judo_model.output import (
+from judo_model.runtime.output import (
     COORDINATE_SCALE,
     STRUCTURE_CHECKS,
     ParsedOutput,
@@ -100,10 +98,10 @@ def _ground_truth_mask(mask: object, gt_boxes: object) -> np.ndarray | None:
     return None
 
 
-def region_iou(parsed: ParsedOutput, truth: np.ndarray, empty_region_reward: float = 1.0) -> float:
+def region_iou(parsed: ParsedOutput, truth: np.ndarray) -> float:
     """IoU of the predicted boxes, rasterized on ``truth``'s grid, with the true defect pixels.
 
-    Normal image (no true pixels): ``empty_region_reward`` for an empty region, 0.0 for any box.
+    Normal image (no true pixels): 1.0 for an empty region, 0.0 for any box.
     An output whose region cannot be read scores 0.0, so omitting the region never pays.
     """
     if not parsed.checks.get("region", False):
@@ -111,7 +109,7 @@ def region_iou(parsed: ParsedOutput, truth: np.ndarray, empty_region_reward: flo
     predicted = boxes_to_mask(parsed.boxes, *truth.shape)
     union = np.logical_or(predicted, truth).sum()
     if union == 0:
-        return empty_region_reward
+        return 1.0
     return float(np.logical_and(predicted, truth).sum() / union)
 
 
@@ -121,13 +119,10 @@ def segmentation_iou_reward(completions: Sequence, **kwargs) -> list[float | Non
         raise ValueError("segmentation_iou_reward needs a 'mask' or 'gt_boxes' dataset column")
     masks = _column(kwargs, "mask", len(completions))
     boxes = _column(kwargs, "gt_boxes", len(completions))
-    empty = [1.0 if value is None else float(value) for value in _column(kwargs, "empty_region_reward",
-                                                                         len(completions))]
     rewards: list[float | None] = []
-    for completion, mask, gt_boxes, empty_reward in zip(completions, masks, boxes, empty, strict=True):
+    for completion, mask, gt_boxes in zip(completions, masks, boxes, strict=True):
         truth = _ground_truth_mask(mask, gt_boxes)
-        rewards.append(None if truth is None
-                       else region_iou(parse_output(completion_text(completion)), truth, empty_reward))
+        rewards.append(None if truth is None else region_iou(parse_output(completion_text(completion)), truth))
     return rewards
 
 

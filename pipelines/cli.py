@@ -1,25 +1,29 @@
 """The ``judo`` command.
 
 Each area of the project owns its subcommands and registers them here through a
-``register(subparsers)`` function, so this file stays a table of contents:
-infrastructure (``kafka``), data and model (``data``, ``eval``, ``train``),
-the prefilter (``prefilter``) and the pipeline (``demo``, ``run``, ...).
+``register(subparsers)`` function, so this file stays a table of contents: infrastructure
+(``kafka``), data and model (``data``, ``eval``, ``train``), the prefilter (``prefilter``) and
+the pipeline (``run``). Packages layered above the runtime (``tooling``: ``demo``, ``simulate``,
+``dashboard``) add theirs through the ``judo.commands`` entry-point group, so the runtime never
+imports them.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
+from importlib.metadata import entry_points
 
-#: Modules that contribute subcommands, each exposing ``register(subparsers)``.
-COMMAND_MODULES = (
-    "cluster.cli",
-    "judo_model.cli",
-    "actors.cli",
-    "pipelines.commands",
-)
+from cluster import cli as cluster_cli
+from judo_model import cli as judo_model_cli
+from judo_model.prefilter import cli as prefilter_cli
+from pipelines import commands as pipeline_commands
+
+#: Runtime modules that contribute subcommands, each exposing ``register(subparsers)``.
+COMMAND_MODULES = (cluster_cli, judo_model_cli, prefilter_cli, pipeline_commands)
+#: Entry-point group of ``register(subparsers)`` functions from packages above the runtime.
+ENTRY_POINT_GROUP = "judo.commands"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,14 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
-    for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue
-            raise
+    for module in COMMAND_MODULES:
         module.register(subparsers)
+    for entry_point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        entry_point.load()(subparsers)
     return parser
 
 

@@ -1,24 +1,30 @@
 """JUDO inference engines behind one interface: transformers (CPU or GPU) and vLLM (GPU).
 
 Both show a checkpoint exactly what it was trained on (:func:`prompt_inputs`: the images at the
-training size, the evidence image rendered by the training code from the prefilter's anomaly map,
-the reference only if training used one), build the prompt with
-:func:`judo_model.prompting.build_prompt` and read the output with
-:func:`judo_model.output.parse_output`, so a checkpoint answers the same way on a laptop and on a
-GPU pool. The engine is chosen by ``judo.engine`` in the pipeline config.
+training size, the evidence image rendered from the prefilter's anomaly map as in training, the
+reference only if training used one), build the prompt with :func:`judo_model.runtime.prompting.build_prompt`
+and read the output with :func:`judo_model.runtime.output.parse_output`, so a checkpoint answers the same
+way on a laptop and on a GPU pool. The engine is chosen by ``judo.engine`` in the pipeline config.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import torch
 
-from judo_model.output import ParsedOutput, parse_output
-from judo_model.prompting import Question
+from judo_model.data.knowledge import product_title
+from judo_model.processing import load_processor
+from judo_model.runtime.evidence import EvidenceInputs, evidence_inputs
+from judo_model.runtime.inference import JudoModel
+from judo_model.runtime.inputs import prompt_options_of, shown
+from judo_model.runtime.output import ParsedOutput, parse_output
+from judo_model.runtime.prompting import Question, build_prompt, prompt_text
 
 
 @dataclass
@@ -47,11 +53,7 @@ class JudoFrameRequest:
 
 def prompt_inputs(request: JudoFrameRequest, options) -> dict:
     """``build_prompt`` keyword arguments showing the request as the checkpoint saw its training
-    prompts (``options`` from :func:`judo_model.training.pipeline.prompt_options_of`)."""
-    from judo_model.data.knowledge import product_title
-    from judo_model.training.data import shown
-    from judo_model.training.evidence import EvidenceInputs, evidence_inputs
-
+    prompts (``options`` from :func:`judo_model.runtime.inputs.prompt_options_of`)."""
     reference = shown(request.references[0]) if options.reference and request.references else None
     evidence = EvidenceInputs()
     if options.evidence_route and request.anomaly_map is not None:
@@ -77,8 +79,6 @@ class JudoEngine(Protocol):
 
 def model_version_of(checkpoint: Path) -> str:
     """``<folder name>@<short hash of the weights' metadata>``: names what answered a frame."""
-    import hashlib
-
     weights = sorted(checkpoint.glob("*.safetensors")) + sorted(checkpoint.glob("config.json"))
     digest = hashlib.sha256()
     for path in weights:
@@ -93,12 +93,6 @@ class TransformersEngine:
     """The default engine: transformers generate, one prompt at a time, under inference mode."""
 
     def __init__(self, checkpoint: Path, device: str = "cpu", max_new_tokens: int = 128, torch_threads: int = 1):
-        import torch
-
-        from judo_model.inference import JudoModel
-
-        from judo_model.training.pipeline import prompt_options_of
-
         torch.set_num_threads(torch_threads)
         self.judo = JudoModel.load(checkpoint, device=device)
         self.options = prompt_options_of(checkpoint)
@@ -128,10 +122,7 @@ class VllmEngine:
     def __init__(self, checkpoint: Path, *, max_new_tokens: int, max_model_len: int,
                  gpu_memory_utilization: float, max_pixels_per_image: int, limit_images_per_prompt: int,
                  enable_prefix_caching: bool = False):
-        from vllm import LLM, SamplingParams
-
-        from judo_model.processing import load_processor
-        from judo_model.training.pipeline import prompt_options_of
+        from vllm import LLM, SamplingParams  # optional dependency (GPU hosts only)
 
         self.processor = load_processor(checkpoint)
         self.options = prompt_options_of(checkpoint)
@@ -147,8 +138,6 @@ class VllmEngine:
         self.model_version = model_version_of(Path(checkpoint))
 
     def infer(self, requests: list[JudoFrameRequest]) -> list[JudoResult]:
-        from judo_model.prompting import build_prompt, prompt_text
-
         inputs = []
         for request in requests:
             prompt = build_prompt(**prompt_inputs(request, self.options))

@@ -1,7 +1,7 @@
 """Bring the whole pipeline up from one config, watch it, and take it down.
 
-Order: Ray → topics → prefilter pool, reference retrieval and sink actors → the JUDO Serve
-application → frame drivers (one Kafka consumer-group member each). While it runs, a supervisor
+Order: Ray → topics → prefilter pool (scoring and reference retrieval) and sink actors → the JUDO
+Serve application → frame drivers (one Kafka consumer-group member each). While it runs, a supervisor
 thread replaces any driver whose loop ended (its actor died or the loop failed); the new driver
 rejoins the consumer group and resumes from the committed offsets. Stopping reverses the order:
 every driver first finishes its in-flight frames and commits, and only then do they leave the group.
@@ -16,9 +16,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import ray
+from ray import serve
+from ray.exceptions import GetTimeoutError, RayActorError
+
+from actors.prefilter import prefilter_actor_class
+from actors.sink import sink_actor_class
 from cluster.kafka import KafkaSettings, TopicSpec, create_topics
 from cluster.ray_runtime import start_ray, stop_ray
+from judo_model.prefilter.bank_format import BANK_META
 from pipelines.config import PipelineConfig
+from pipelines.driver import FrameDriverActor
+from pipelines.serve_app import APP_NAME, JudoReplica, build_judo_deployment
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +59,6 @@ class RestartBackoff:
 
 def bank_threshold(bank_dir: Path) -> float:
     """The calibrated routing threshold stored with a prefilter bank."""
-    from actors.prefilter import BANK_META
-
     meta = json.loads((Path(bank_dir) / BANK_META).read_text())
     calibration = meta.get("calibration")
     if not calibration:
@@ -68,8 +75,6 @@ def routing_thresholds(config: PipelineConfig) -> dict[str, float]:
 
 def bank_version(config: PipelineConfig) -> str:
     """Names the prefilter banks that produced a pass verdict (product revisions)."""
-    from actors.prefilter import BANK_META
-
     parts = []
     for name, product in sorted(config.products.items()):
         meta = json.loads((Path(product.bank) / BANK_META).read_text())
@@ -80,7 +85,6 @@ def bank_version(config: PipelineConfig) -> str:
 @dataclass
 class PipelineHandles:
     prefilter: list
-    references: object
     sink: object
     judo: object
     drivers: list
@@ -88,11 +92,16 @@ class PipelineHandles:
 
 
 class Pipeline:
-    """The running pipeline for a config and a Kafka cluster."""
+    """The running pipeline for a config and a Kafka cluster.
 
-    def __init__(self, config: PipelineConfig, kafka: KafkaSettings):
+    ``judo_deployment``: the Serve deployment JUDO runs as (default :class:`JudoReplica`; the fault
+    harness passes a subclass that can stall); the config's options are applied to it.
+    """
+
+    def __init__(self, config: PipelineConfig, kafka: KafkaSettings, *, judo_deployment=None):
         self.config = config
         self.kafka = kafka
+        self.judo_deployment = judo_deployment or JudoReplica
         self.handles: PipelineHandles | None = None
         self.driver_restarts = 0
         self._owns_ray = False
@@ -102,15 +111,6 @@ class Pipeline:
         self._supervisor: threading.Thread | None = None
 
     def start(self) -> "Pipeline":
-        import ray
-        from ray import serve
-
-        from actors.prefilter import prefilter_actor_class
-        from actors.references import REFERENCES_SUBDIR, reference_actor_class
-        from actors.sink import sink_actor_class
-        from pipelines.driver import driver_actor_class
-        from pipelines.serve_app import APP_NAME, build_judo_deployment
-
         cfg = self.config
         topics = cfg.topics
         topic_configs = ({"min.insync.replicas": str(topics.min_insync_replicas)}
@@ -127,29 +127,26 @@ class Pipeline:
         prefilter_cls = prefilter_actor_class(num_cpus=0)
         prefilter = [
             prefilter_cls.options(max_restarts=-1, max_task_retries=0).remote(
-                banks, cfg.prefilter.threads_per_actor, cfg.telemetry.service_name, trace_file)
+                banks, cfg.prefilter.threads_per_actor, cfg.telemetry.service_name, trace_file, with_references=True)
             for _ in range(cfg.prefilter.actors)
         ]
-        references = reference_actor_class(num_cpus=0).options(max_restarts=-1).remote(
-            {name: str(Path(p) / REFERENCES_SUBDIR) for name, p in banks.items()}, 1)
         sink = sink_actor_class().remote(self.kafka.model_dump(), topics.verdicts, topics.dead_letters,
                                          cfg.telemetry.service_name, trace_file)
-        ray.get([h.products.remote() for h in prefilter] + [references.products.remote(), sink.ready.remote()])
+        ray.get([h.products.remote() for h in prefilter] + [sink.ready.remote()])
         serve.start(http_options={"host": cfg.judo.http.host, "port": cfg.judo.http.port},
                     logging_config={"enable_access_log": False, "log_level": "WARNING"})
-        judo = serve.run(build_judo_deployment(cfg), name=APP_NAME,
+        judo = serve.run(build_judo_deployment(cfg, self.judo_deployment), name=APP_NAME,
                          route_prefix="/judo" if cfg.judo.http.enabled else None,
                          logging_config={"enable_access_log": False, "log_level": "WARNING"})
         thresholds = routing_thresholds(cfg)
         handle_bundle = {
-            "kafka_settings": self.kafka.model_dump(), "prefilter": prefilter, "references": references,
-            "judo": judo, "sink": sink, "thresholds": thresholds,
+            "kafka_settings": self.kafka.model_dump(), "prefilter": prefilter, "judo": judo, "sink": sink, "thresholds": thresholds,
         }
-        self._driver_cls = driver_actor_class()
+        self._driver_cls = FrameDriverActor
         self._driver_args = (cfg.model_dump(mode="json"), handle_bundle, bank_version(cfg))
         drivers = [self._driver_cls.remote(*self._driver_args) for _ in range(cfg.ingest.actors)]
         runs = [d.run.remote() for d in drivers]
-        self.handles = PipelineHandles(prefilter, references, sink, judo, drivers, runs)
+        self.handles = PipelineHandles(prefilter, sink, judo, drivers, runs)
         self._stopping.clear()
         self._supervisor = threading.Thread(target=self._supervise, name="driver-supervisor", daemon=True)
         self._supervisor.start()
@@ -165,8 +162,6 @@ class Pipeline:
         start that hung, or kafka-python 3.0.12 left "rebalancing" for good after a broker
         restart, polling but never rejoining) is replaced the same way.
         """
-        import ray
-
         handles = self.handles
         started = [time.monotonic()] * len(handles.runs)
         in_group_at = [0.0] * len(handles.runs)
@@ -210,10 +205,8 @@ class Pipeline:
                     self.driver_restarts += 1
 
     def _memberships(self, skip=(), timeout_s: float = MEMBERSHIP_CHECK_INTERVAL_S) -> dict[int, dict]:
-        """Each driver's :meth:`FrameDriver.membership` by slot, asked all at once (with an ``error``
+        """Each driver's :meth:`pipelines.driver.FrameDriver.membership` by slot, asked all at once (with an ``error``
         for one that did not answer within ``timeout_s``); slots in ``skip`` are not asked."""
-        import ray
-
         asks = {i: driver.membership.remote() for i, driver in enumerate(self.handles.drivers) if i not in skip}
         ready, _ = ray.wait(list(asks.values()), num_returns=len(asks), timeout=timeout_s) if asks else ([], [])
         states = {}
@@ -230,9 +223,6 @@ class Pipeline:
         A driver that just died is skipped (the supervisor replaces it); ``driver_restarts``
         counts the replacements.
         """
-        import ray
-        from ray.exceptions import GetTimeoutError, RayActorError
-
         merged: dict = {"driver_restarts": self.driver_restarts}
         for driver in list(self.handles.drivers):
             try:
@@ -260,9 +250,6 @@ class Pipeline:
         return stats
 
     def stop(self) -> None:
-        import ray
-        from ray import serve
-
         if self.handles is None:
             return
         self._stopping.set()
@@ -280,7 +267,7 @@ class Pipeline:
         except Exception as exc:
             log.warning("drivers did not stop cleanly: %s", exc)
         serve.shutdown()
-        for actor in [*self.handles.drivers, *self.handles.prefilter, self.handles.references, self.handles.sink]:
+        for actor in [*self.handles.drivers, *self.handles.prefilter, self.handles.sink]:
             ray.kill(actor, no_restart=True)
         self.handles = None
         if self._owns_ray:

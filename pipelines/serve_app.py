@@ -1,31 +1,63 @@
 """JUDO on Ray Serve: batched, autoscaled, GPU-pinnable replicas that turn suspect frames into verdicts.
 
-Request: a :class:`JudoFrameRequest` (frame metadata, query pixels, k normal references,
-the prefilter's anomaly map, score and threshold, optional questions). Response: a
-:class:`cluster.messages.Verdict`. The same deployment answers ad-hoc HTTP questions about
-one image (``POST /`` with JSON), behind a bearer token when one is configured.
+Request: a :class:`SuspectFrame` from the frame path (a :class:`JudoFrameRequest` — frame metadata,
+query pixels, the prefilter's anomaly map, score, threshold and defect hint — plus the paths of its k
+normal references, which the replica reads from the bank folder itself), or a complete
+:class:`JudoFrameRequest`. Response: a :class:`cluster.messages.Verdict`. The same deployment answers
+ad-hoc HTTP questions about one image (``POST /`` with JSON), behind a bearer token when one is
+configured.
 
-``serve run pipelines.serve_app:app config=pipeline.yaml`` runs it from the pipeline config.
+:class:`JudoReplica` is the deployment; :func:`build_judo_deployment` applies the pipeline config's
+options to it (or to a subclass, e.g. the fault harness's). ``serve run pipelines.serve_app:app
+config=pipeline.yaml`` runs it from the pipeline config (see docs/pipeline.md for ``serve deploy``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
+import functools
 import hmac
 import time
+from pathlib import Path
 
 import numpy as np
+from ray import serve
+from starlette.responses import JSONResponse
 
 from cluster.messages import Answer, Defect, RLEMask, Verdict, canonical_defect_type
 from cluster.telemetry import context_from_carrier, setup_tracing, trace_id_hex, tracer
-from judo_model.output import COORDINATE_SCALE, choose_option, valid_boxes
-from judo_model.prompting import Question
-from judo_model.training.evidence import refine_region
-from pipelines.engines import JudoFrameRequest, JudoResult, make_engine
+from judo_model.imaging import decode_image
+from judo_model.runtime.evidence import refine_region
+from judo_model.runtime.output import COORDINATE_SCALE, choose_option, valid_boxes
+from judo_model.runtime.prompting import Question
+from pipelines.config import JudoSection, PipelineConfig, load_config
+from pipelines.engines import JudoEngine, JudoFrameRequest, JudoResult, make_engine
 
 DEPLOYMENT_NAME = "judo"
 APP_NAME = "judo"
+
+
+@dataclasses.dataclass
+class SuspectFrame:
+    """What the frame path sends a replica: the request without reference pixels, and the files
+    (in the product's bank folder) the replica reads them from."""
+
+    request: JudoFrameRequest
+    reference_paths: list[str]
+
+
+@functools.lru_cache(maxsize=256)
+def reference_image(path: str) -> np.ndarray:
+    """A reference image's pixels, read once per replica (a product has a few dozen references)."""
+    image = decode_image(Path(path).read_bytes())
+    image.setflags(write=False)  # shared by every request that shows it
+    return image
+
+
+def with_references(call: SuspectFrame) -> JudoFrameRequest:
+    return dataclasses.replace(call.request, references=[reference_image(p) for p in call.reference_paths])
 
 
 def verdict_from_result(request: JudoFrameRequest, result: JudoResult) -> Verdict:
@@ -64,42 +96,45 @@ def verdict_from_result(request: JudoFrameRequest, result: JudoResult) -> Verdic
     )
 
 
-class JudoReplica:
+class JudoInference:
     """The replica's logic, independent of Serve so it can be tested and reused as is."""
 
-    def __init__(self, judo_config: dict, service_name: str = "judo-inspect", trace_file: str | None = None):
-        from pipelines.config import JudoSection
-
+    def __init__(self, judo_config: dict, service_name: str = "judo-inspect", trace_file: str | None = None,
+                 engine: JudoEngine | None = None):
         setup_tracing(f"{service_name}.judo", trace_file=trace_file)
         self.config = JudoSection.model_validate(judo_config)
-        self.engine = make_engine(self.config)
+        self.engine = engine or make_engine(self.config)
 
     def infer(self, requests: list[JudoFrameRequest]) -> list[Verdict]:
-        started = time.perf_counter()
-        results = self.engine.infer(requests)
-        ended = time.perf_counter()
-        verdicts = []
-        for request, result in zip(requests, results):
-            with tracer().start_as_current_span("judo", context=context_from_carrier(request.trace)) as span:
+        """One ``judo`` span per request, covering the batch's inference and the verdict."""
+        started_ns = time.time_ns()
+        spans = [tracer().start_span("judo", context=context_from_carrier(r.trace), start_time=started_ns)
+                 for r in requests]
+        try:
+            results = self.engine.infer(requests)
+            batch_ms = (time.time_ns() - started_ns) / 1e6
+            verdicts = []
+            for request, result, span in zip(requests, results, spans):
                 span.set_attribute("frame_id", request.frame_id)
                 span.set_attribute("product", request.product)
                 span.set_attribute("batch_size", len(requests))
-                span.set_attribute("batch_ms", (ended - started) * 1000)
+                span.set_attribute("batch_ms", batch_ms)
                 verdict = verdict_from_result(request, result)
                 span.set_attribute("is_anomalous", verdict.is_anomalous)
                 span.set_attribute("defect_type", verdict.defect.type or "" if verdict.defect else "")
                 if verdict.parse_error:
                     span.set_attribute("parse_error", verdict.parse_error)
-            verdicts.append(verdict)
-        return verdicts
+                verdicts.append(verdict)
+            return verdicts
+        finally:
+            for span in spans:
+                span.end()
 
 
 def http_request_to_frame_request(payload: dict) -> JudoFrameRequest:
     """Ad-hoc HTTP question about one image: ``{"image": b64, "product": str, "references": [b64],
     "questions": [{"text": str, "options": {"A": str}}]}`` (optionally ``defect_hint``: a defect type, and
     ``defect_types``: the product's types, which the verdict's type is then decoded as one of)."""
-    from judo_model.imaging import decode_image
-
     def image(field_name: str, value: str) -> np.ndarray:
         try:
             return decode_image(base64.b64decode(value, validate=True))
@@ -123,11 +158,40 @@ def http_request_to_frame_request(payload: dict) -> JudoFrameRequest:
         defect_types=list(defect_types) if defect_types else None, questions=questions or None)
 
 
-def build_judo_deployment(config):
-    """The Serve application for ``config.judo`` (a :class:`pipelines.config.PipelineConfig`)."""
-    from ray import serve
+@serve.deployment(name=DEPLOYMENT_NAME)
+class JudoReplica:
+    """The Serve deployment: batches requests into :class:`JudoInference`; answers HTTP too."""
 
-    judo = config.judo
+    def __init__(self, judo_config: dict, service_name: str, trace_file: str | None, bearer_token: str | None):
+        self.replica = JudoInference(judo_config, service_name, trace_file)
+        self.bearer_token = bearer_token
+        self.infer_batch.set_max_batch_size(self.replica.config.max_batch_size)
+        self.infer_batch.set_batch_wait_timeout_s(self.replica.config.batch_wait_timeout_s)
+
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.05)
+    async def infer_batch(self, requests: list[JudoFrameRequest]) -> list[Verdict]:
+        return await asyncio.to_thread(self.replica.infer, requests)
+
+    async def infer(self, request: SuspectFrame | JudoFrameRequest) -> Verdict:
+        if isinstance(request, SuspectFrame):
+            request = await asyncio.to_thread(with_references, request)
+        return await self.infer_batch(request)
+
+    async def __call__(self, http_request):
+        if self.bearer_token:
+            header = http_request.headers.get("authorization", "")
+            if not hmac.compare_digest(header.encode(), f"Bearer {self.bearer_token}".encode()):
+                return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
+        try:
+            request = http_request_to_frame_request(await http_request.json())
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        verdict = await self.infer_batch(request)
+        return JSONResponse(verdict.model_dump(mode="json"))
+
+
+def deployment_options(judo: JudoSection) -> dict:
+    """``Deployment.options(...)`` from the config's ``judo`` section: autoscaling, queue limits, resources."""
     replicas = judo.replicas
     autoscaling = {
         "min_replicas": replicas.min,
@@ -142,64 +206,19 @@ def build_judo_deployment(config):
         actor_options["accelerator_type"] = judo.accelerator_type
     if judo.resources:
         actor_options["resources"] = dict(judo.resources)
+    return {"autoscaling_config": autoscaling, "max_queued_requests": judo.max_queued_requests,
+            "max_ongoing_requests": max(judo.max_batch_size * 2, 2), "ray_actor_options": actor_options}
 
-    @serve.deployment(name=DEPLOYMENT_NAME)
-    class JudoDeployment:
-        def __init__(self, judo_config: dict, service_name: str, trace_file: str | None, bearer_token: str | None):
-            self.replica = JudoReplica(judo_config, service_name, trace_file)
-            self.bearer_token = bearer_token
-            self.infer_batch.set_max_batch_size(judo.max_batch_size)
-            self.infer_batch.set_batch_wait_timeout_s(judo.batch_wait_timeout_s)
-            self.stall_armed_s = 0.0
-            self.stalled_until = 0.0
 
-        @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.05)
-        async def infer_batch(self, requests: list[JudoFrameRequest]) -> list[Verdict]:
-            return await asyncio.to_thread(self.replica.infer, requests)
-
-        async def infer(self, request: JudoFrameRequest) -> Verdict:
-            if self.stall_armed_s:
-                self.stalled_until, self.stall_armed_s = time.monotonic() + self.stall_armed_s, 0.0
-            stall = self.stalled_until - time.monotonic()
-            if stall > 0:
-                await asyncio.sleep(stall)
-            return await self.infer_batch(request)
-
-        def inject_stall(self, seconds: float) -> str:
-            """Fault injection for :mod:`pipelines.faults`: the next request to reach this replica wedges
-            it for ``seconds`` (that request and every one arriving meanwhile hang until then), as a hung
-            accelerator would. Armed until a request comes, so the stall always catches one however the
-            router spreads the load. Returns the replica's actor name."""
-            import ray
-
-            self.stall_armed_s = seconds
-            return ray.get_runtime_context().get_actor_name()
-
-        async def __call__(self, http_request):
-            from starlette.responses import JSONResponse
-
-            if self.bearer_token:
-                header = http_request.headers.get("authorization", "")
-                if not hmac.compare_digest(header.encode(), f"Bearer {self.bearer_token}".encode()):
-                    return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
-            try:
-                request = http_request_to_frame_request(await http_request.json())
-            except ValueError as exc:
-                return JSONResponse({"error": str(exc)}, status_code=400)
-            verdict = await self.infer_batch(request)
-            return JSONResponse(verdict.model_dump(mode="json"))
-
+def build_judo_deployment(config: PipelineConfig, deployment=JudoReplica):
+    """The Serve application for ``config.judo``: ``deployment`` (:class:`JudoReplica` or a subclass
+    deployment of the same constructor) with the config's options, bound to its arguments."""
+    judo = config.judo
     trace_file = str(config.telemetry.trace_file) if config.telemetry.trace_file else None
-    return JudoDeployment.options(
-        autoscaling_config=autoscaling,
-        max_queued_requests=judo.max_queued_requests,
-        max_ongoing_requests=max(judo.max_batch_size * 2, 2),
-        ray_actor_options=actor_options,
-    ).bind(judo.model_dump(mode="json"), config.telemetry.service_name, trace_file, judo.http.bearer_token)
+    return deployment.options(**deployment_options(judo)).bind(
+        judo.model_dump(mode="json"), config.telemetry.service_name, trace_file, judo.http.bearer_token)
 
 
 def app(args: dict):
-    """Application builder for ``serve run pipelines.serve_app:app config=FILE``."""
-    from pipelines.config import load_config
-
+    """Application builder for ``serve run pipelines.serve_app:app config=FILE`` and ``serve deploy``."""
     return build_judo_deployment(load_config(args["config"]))

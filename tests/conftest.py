@@ -8,6 +8,8 @@ import uuid
 
 import pytest
 
+from cluster.local_kafka import LocalKafka
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -17,8 +19,6 @@ logging.getLogger("kafka").setLevel(logging.WARNING)
 @pytest.fixture(scope="session")
 def kafka():
     """One real single-broker KRaft cluster for the whole session."""
-    from cluster.kafka import LocalKafka
-
     with LocalKafka(brokers=1) as cluster:
         yield cluster
 
@@ -26,7 +26,7 @@ def kafka():
 @pytest.fixture(scope="session")
 def pipeline_banks(tmp_path_factory):
     """Prefilter banks (with reference indexes) for bottle and hex_nut, fitted once for every pipeline test."""
-    from pipelines.demo import prepare_banks
+    from tooling.demo import prepare_banks  # here, not at the top: it loads torch and Ray for every test session
 
     return prepare_banks(tmp_path_factory.mktemp("pipeline-assets"), ("bottle", "hex_nut"), images_per_category=40)
 

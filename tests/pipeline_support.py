@@ -18,13 +18,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from kafka import TopicPartition
 from PIL import Image
 
-from actors.ingest import RawRecord, RecordPosition
+from actors.intake import RawRecord, RecordPosition
 from cluster.kafka import KafkaSettings
-from cluster.messages import FRAME_HEADER, MAX_FRAME_BYTES, SCHEMA_VERSION_HEADER, Frame, KafkaRecord, frame_to_record
+from cluster.messages import MAX_FRAME_BYTES, Frame
+from cluster.records import FRAME_HEADER, SCHEMA_VERSION_HEADER, KafkaRecord, frame_to_record
 from judo_model.imaging import DEFAULT_MAX_PIXELS, encode_png
 from pipelines.config import PipelineConfig
+from tooling.demo import demo_config
 
 
 def frame(**overrides) -> Frame:
@@ -147,8 +150,6 @@ def _encoded(image: np.ndarray, fmt: str) -> bytes:
 def pipeline_test_config(banks: dict[str, Path], checkpoint: Path, settings: KafkaSettings, trace_file: Path,
                          prefix: str, *, lines: int = 2, ingest: dict | None = None) -> PipelineConfig:
     """The demo config on topics of its own (``prefix.frames`` ...), 2 partitions, reaching Kafka with ``settings``."""
-    from pipelines.demo import demo_config
-
     config = demo_config(banks, checkpoint, settings.bootstrap_servers, trace_file, lines=lines, cameras_per_line=1)
     topics = config.topics.model_copy(update={
         "frames": f"{prefix}.frames", "verdicts": f"{prefix}.verdicts", "dead_letters": f"{prefix}.dlq",
@@ -165,8 +166,6 @@ def committed_and_end_offsets(settings: KafkaSettings, group: str, topic: str) -
 
     Read through a consumer that names the group but never subscribes, so the group is not disturbed.
     """
-    from kafka import TopicPartition
-
     consumer = settings.consumer(group_id=group)
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]

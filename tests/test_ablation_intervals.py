@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.judo_ablation import interval, resampled_averages
+from benchmarks.ablation.intervals import interval, resampled_averages
 
 
 def answers(right: list[bool]) -> list[dict]:

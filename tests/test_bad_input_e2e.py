@@ -16,13 +16,15 @@ import time
 from dataclasses import dataclass
 
 import pytest
+import ray
 
-from cluster.kafka import LocalKafka
-from cluster.messages import frame_to_record
+from cluster.local_kafka import LocalKafka
+from cluster.records import frame_to_record
 from pipelines.commands import SHIPPED_CHECKPOINT, kafka_settings_for
 from pipelines.config import parse_config
-from pipelines.gallery import Collected, collect_verdicts
-from pipelines.simulator import CameraSimulator, CameraSpec
+from pipelines.runner import Pipeline
+from tooling.gallery import Collected, collect_verdicts
+from tooling.simulator import CameraSimulator, CameraSpec
 from tests.pipeline_support import BadInput, bad_inputs, committed_and_end_offsets, pipeline_test_config
 
 pytestmark = pytest.mark.skipif(not (SHIPPED_CHECKPOINT / "config.json").exists(),
@@ -66,10 +68,6 @@ def _wait_for_commits(settings, group: str, topic: str, timeout_s: float) -> tup
 
 @pytest.fixture(scope="module")
 def run(sasl_kafka, pipeline_banks, tmp_path_factory) -> Run:
-    import ray
-
-    from pipelines.runner import Pipeline
-
     tmp = tmp_path_factory.mktemp("bad-input")
     marker = tmp / "unpickled"
     config = pipeline_test_config(pipeline_banks, SHIPPED_CHECKPOINT, sasl_kafka.settings(), tmp / "traces.jsonl",

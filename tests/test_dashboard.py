@@ -22,22 +22,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
 import yaml
 
-from cluster.kafka import free_port
-from cluster.messages import (
-    Defect,
-    RLEMask,
-    Verdict,
-    feedback_from_record,
-    frame_to_record,
-    verdict_to_record,
-)
+from cluster.kafka_broker import free_port
+from cluster.messages import Defect, RLEMask, Verdict
+from cluster.records import feedback_from_record, frame_to_record, verdict_to_record
 from cluster.telemetry import setup_tracing
 from pipelines.commands import SHIPPED_CHECKPOINT
-from pipelines.demo import demo_config, prepare_banks
-from pipelines.gallery import collect_verdicts
-from pipelines.simulator import CameraSimulator, CameraSpec
+from pipelines.runner import Pipeline
+from tooling.demo import demo_config, prepare_banks
+from tooling.gallery import collect_verdicts
+from tooling.simulator import CameraSimulator, CameraSpec
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -75,10 +71,6 @@ def browser(tmp_path_factory):
 @pytest.fixture(scope="module")
 def plant(kafka, tmp_path_factory):
     """The pipeline on simulated frames, every verdict collected, and `judo dashboard` watching it."""
-    import ray
-
-    from pipelines.runner import Pipeline
-
     tmp_path = tmp_path_factory.mktemp("dashboard")
     banks = prepare_banks(tmp_path / "assets", ("bottle", "hex_nut"), images_per_category=40)
     trace_file = tmp_path / "traces.jsonl"

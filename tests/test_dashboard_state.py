@@ -13,20 +13,15 @@ import numpy as np
 import pytest
 import yaml
 
-from cluster.kafka import KafkaSettings, free_port
-from cluster.messages import (
-    Defect,
-    Feedback,
-    MessageValidationError,
-    RLEMask,
-    Verdict,
-    feedback_from_record,
-    feedback_to_record,
-)
+from cluster.kafka import KafkaSettings
+from cluster.kafka_broker import free_port
+from cluster.messages import Defect, Feedback, RLEMask, Verdict
+from cluster.records import MessageValidationError, feedback_from_record, feedback_to_record
+from judo_model.imaging import decode_image
 from pipelines.config import PipelineConfig, load_config
-from pipelines.dashboard.feeds import TraceFileFeed
-from pipelines.dashboard.server import SECURITY_HEADERS, Dashboard
-from pipelines.dashboard.state import CachedFrame, DashboardState, Limits
+from tooling.dashboard.feeds import TraceFileFeed
+from tooling.dashboard.server import SECURITY_HEADERS, Dashboard
+from tooling.dashboard.state import CachedFrame, DashboardState, Limits
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -223,6 +218,15 @@ def test_pages_and_api_carry_a_strict_content_security_policy(dashboard):
     assert request(dashboard, "/static/../server.py")[0] == 404
     assert request(dashboard, "/api/trace?id=../../etc")[0] == 400
     assert request(dashboard, "/api/frame?id=f-1")[0] == 404
+
+
+def test_raw_rgb_frames_are_served_as_png(dashboard):
+    """Cameras may send uncompressed ``raw_rgb8``: the gallery gets it re-encoded as PNG, pixels unchanged."""
+    pixels = np.arange(3 * 4 * 3, dtype=np.uint8).reshape(3, 4, 3)
+    dashboard.state.add_frame("f-1", CachedFrame("raw_rgb8", 4, 3, pixels.tobytes()))
+    status, headers, body = request(dashboard, "/api/frame?id=f-1")
+    assert status == 200 and headers["Content-Type"] == "image/png"
+    assert np.array_equal(decode_image(body, "png"), pixels)
 
 
 @pytest.mark.parametrize("body, headers, status, problem", [

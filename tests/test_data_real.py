@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-
 from judo_model.data.mvtec import discover_categories
+from tests.real_data import REAL, needs_real
 
-REAL = Path("/work/shared/data/real")
-
-pytestmark = pytest.mark.skipif(not REAL.is_dir(), reason="real evaluation data not present")
+pytestmark = needs_real
 
 
 def test_all_real_data_loads():

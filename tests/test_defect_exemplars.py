@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 
-from actors.prefilter import PrefilterScorer, labelled_defect_examples
-from actors.references import (DEFECTS_SUBDIR, REFERENCES_SUBDIR, DefectExemplars, ReferenceIndex, ReferenceService,
-                               exemplar_backbone)
+from actors.references import ReferenceService
 from judo_model.data.knowledge import defect_title
 from judo_model.data.mvtec import discover_categories
+from judo_model.prefilter.fitting import labelled_defect_examples
+from judo_model.prefilter.references import (
+    DEFECTS_FORMAT_VERSION,
+    DEFECTS_SUBDIR,
+    REFERENCES_SUBDIR,
+    DefectExemplars,
+    ReferenceIndex,
+    exemplar_backbone,
+    shared_extractor,
+)
+from judo_model.prefilter.scorer import PrefilterScorer
+from tooling.demo import prepare_banks
 
 PRODUCTS = ("bottle", "hex_nut")
 
@@ -77,12 +90,6 @@ def test_a_product_without_labelled_examples_has_no_hint(tmp_path, library):
 
 def test_a_bank_saved_by_an_older_release_is_fitted_again(library, tmp_path):
     """The demo's cached assets outlive a release: a library in an older format is refitted, not fatal."""
-    import json
-    import shutil
-
-    from actors.references import DEFECTS_FORMAT_VERSION
-    from pipelines.demo import prepare_banks
-
     banks, _ = library
     assets = tmp_path / "assets"
     shutil.copytree(banks["bottle"].parent.parent, assets)
@@ -98,10 +105,6 @@ def test_a_bank_saved_by_an_older_release_is_fitted_again(library, tmp_path):
 def test_a_library_loading_its_backbone_keeps_the_services_thread_count():
     """The exemplar backbone is loaded on the first frame a library labels: the reference service's
     thread count (set after loading its indexes) must survive that."""
-    import torch
-
-    from actors.references import shared_extractor
-
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)

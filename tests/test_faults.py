@@ -1,6 +1,6 @@
 """Faults during streaming runs (issue 7): real Kafka, real Ray, the shipped JUDO on Ray Serve.
 
-One fault per run of 1,000 frames (see :mod:`pipelines.faults`): brokers stopped or killed,
+One fault per run of 1,000 frames (see :mod:`tooling.faults`): brokers stopped or killed,
 actors and replicas killed, a replica stalled, the whole pipeline restarted. After each, every
 produced frame id has a verdict, and the fault demonstrably happened and was handled.
 """
@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 
 from pipelines.commands import SHIPPED_CHECKPOINT
-from pipelines.faults import FaultBench, FaultSettings
+from tooling.faults.bench import FaultBench
+from tooling.faults.catalogue import FaultSettings
 
 pytestmark = [
     pytest.mark.faults,

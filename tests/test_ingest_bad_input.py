@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from actors.ingest import DecodedFrame, FrameDecoder, Rejected
-from cluster.messages import (
+from cluster.messages import MAX_JSON_BYTES
+from cluster.records import (
     FRAME_HEADER,
-    MAX_JSON_BYTES,
     SCHEMA_VERSION_HEADER,
     dead_letter_from_record,
     dead_letter_to_record,

@@ -6,8 +6,19 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
-from judo_model.output import boxes_to_mask, choose_option
+from judo_model.data.knowledge import category_facts
+from judo_model.data.synth.writer import generate_dataset
+from judo_model.imaging import load_mask
+from judo_model.mmad.format import MMADDataset
+from judo_model.runtime.inference import JudoModel
+from judo_model.runtime.inputs import prompt_options_of
+from judo_model.runtime.prompting import Question
+from judo_model.runtime.constraints import ChoiceConstraint, DEFECT_YES, RowChoiceConstraints
+from judo_model.runtime.output import ANSWER_OPEN, boxes_to_mask, choose_option
+from judo_model.training.answerer import JuxtaposedJudo
+from judo_model.training.evidence import load_evidence, prepare_evidence
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "checkpoints" / "judo-tiny"
@@ -22,17 +33,12 @@ pytestmark = pytest.mark.skipif(not (CHECKPOINT / "model.safetensors").is_file()
 
 @pytest.fixture(scope="module")
 def judo():
-    from judo_model.inference import JudoModel
-
     return JudoModel.load(CHECKPOINT)
 
 
 @pytest.fixture(scope="module")
 def known_data(tmp_path_factory):
     """The known image's category, regenerated exactly, with its prefilter bank and evidence."""
-    from judo_model.data.synth.writer import generate_dataset
-    from judo_model.training.evidence import prepare_evidence
-
     root = tmp_path_factory.mktemp("judo-known")
     generate_dataset(root, seed=0, categories=[KNOWN_CATEGORY], images_per_category=80, size=224, heldout=[],
                      workers=1)
@@ -53,12 +59,6 @@ def test_checkpoint_is_a_small_standard_folder(judo):
 
 
 def _answer_known_image(judo, known_data, question_type="Anomaly Detection", guided=False, **generate_options):
-    from judo_model.mmad.format import MMADDataset
-    from judo_model.prompting import Question
-    from judo_model.training.answerer import JuxtaposedJudo
-    from judo_model.training.evidence import load_evidence
-    from judo_model.training.pipeline import prompt_options_of
-
     item = next(i for i in MMADDataset(known_data, "mmad.json") if i.key == KNOWN_IMAGE)
     juxtaposed = JuxtaposedJudo(judo, prompt_options_of(CHECKPOINT), load_evidence(known_data))
     detection = next(q for q in item.record.conversation if q.type == question_type)
@@ -79,10 +79,6 @@ def test_known_defect_is_found(judo, known_data):
 
 def test_row_constraints_give_each_sampled_row_its_own_options(judo):
     """GRPO samples prompts asking different questions in one batch: each row keeps its own choices."""
-    import torch
-
-    from judo_model.inference import ANSWER_OPEN, ChoiceConstraint, RowChoiceConstraints
-
     tokenizer = judo.processor.tokenizer
     ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     prompt = ids("<think>x")[:3]
@@ -102,10 +98,6 @@ def test_row_constraints_give_each_sampled_row_its_own_options(judo):
 
 
 def test_choice_constraint_allows_only_the_products_types_and_the_options(judo):
-    import torch
-
-    from judo_model.inference import ANSWER_OPEN, DEFECT_YES, ChoiceConstraint
-
     tokenizer = judo.processor.tokenizer
     ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     constraint = ChoiceConstraint.for_output(tokenizer, prompt_length=3, defect_types=["Hole", "Broken Thread"],
@@ -131,8 +123,6 @@ def test_choice_constraint_allows_only_the_products_types_and_the_options(judo):
 
 
 def test_guided_answers_are_always_one_of_the_options(judo, known_data):
-    from judo_model.mmad.format import MMADDataset
-
     item = next(i for i in MMADDataset(known_data, "mmad.json") if i.key == KNOWN_IMAGE)
     for question_type in sorted({q.type for q in item.record.conversation}):
         _, question, raw, parsed = _answer_known_image(judo, known_data, question_type, guided=True)
@@ -140,9 +130,6 @@ def test_guided_answers_are_always_one_of_the_options(judo, known_data):
 
 
 def test_verdict_type_is_decoded_as_one_of_the_products_types(judo, known_data):
-    from judo_model.data.knowledge import category_facts
-    from judo_model.training.evidence import load_evidence
-
     evidence = load_evidence(known_data)
     library = evidence.defect_types[KNOWN_CATEGORY]
     assert set(library) == {d.title for d in category_facts(KNOWN_CATEGORY).defects.values()}
@@ -153,16 +140,12 @@ def test_verdict_type_is_decoded_as_one_of_the_products_types(judo, known_data):
 
 
 def test_known_defect_is_boxed(judo, known_data):
-    from judo_model.imaging import load_mask
-
     item, _, raw, parsed = _answer_known_image(judo, known_data)
     mask = load_mask(item.mask_path)
     assert (boxes_to_mask(parsed.boxes, *mask.shape) & mask).any(), raw
 
 
 def test_known_defect_is_typed(judo, known_data):
-    from judo_model.data.knowledge import category_facts
-
     item, _, raw, parsed = _answer_known_image(judo, known_data)
     defect = item.key.split("/")[-2]
     assert parsed.defect_type == category_facts(KNOWN_CATEGORY).defects[defect].title, raw

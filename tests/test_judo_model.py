@@ -12,13 +12,15 @@ from safetensors import safe_open
 from transformers import AutoModelForImageTextToText, Qwen2_5_VLForConditionalGeneration
 
 from judo_model.imaging import encode_png
-from judo_model.inference import JudoModel, answer_prefix, load_mmad_answerer
 from judo_model.mmad.answerers import GroundedAnswer, MMADQuery
+from judo_model.mmad.judo_answerer import load_mmad_answerer, verdict_prefix
 from judo_model.modeling import apply_lora, count_parameters, load_model, save_checkpoint
-from judo_model.output import ParsedOutput, format_target, parse_output
 from judo_model.presets import get_preset
 from judo_model.processing import JudoProcessor
-from judo_model.prompting import Question, build_prompt, collate_for_training, encode_for_generation, encode_for_training
+from judo_model.runtime.inference import JudoModel, answer_prefix
+from judo_model.runtime.output import ParsedOutput, format_target, parse_output
+from judo_model.runtime.prompting import (Question, build_prompt, collate_for_training, encode_for_generation,
+                                          encode_for_training)
 
 DEFECT_QUESTION = Question("Is there any defect in the object?", {"A": "Yes", "B": "No"})
 
@@ -198,8 +200,6 @@ def test_score_options_prefers_the_trained_answer(memorized_checkpoint):
 def test_generation_continues_after_a_given_verdict(memorized_checkpoint):
     """``prefix`` is taken as written by the model: the answer comes after it (the answerer's
     verdict-first mode), and ``verdict_prefix`` cuts a reply after its region."""
-    from judo_model.inference import verdict_prefix
-
     judo = JudoModel.load(memorized_checkpoint)
     prefix = verdict_prefix(DEFECT_TARGET)
     assert prefix.endswith("</region>") and "<answer>" not in prefix

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from judo_model.output import (
+from judo_model.runtime.output import (
     STRUCTURE_CHECKS,
     ParsedOutput,
     boxes_to_mask,

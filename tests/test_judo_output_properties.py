@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from judo_model.output import COORDINATE_SCALE, ParsedOutput, format_target, parse_output
+from judo_model.runtime.output import COORDINATE_SCALE, ParsedOutput, format_target, parse_output
 
 #: Free text as a model writes it; '<' and '>' would spell contract tags, which targets may not contain.
 _TEXT = st.text(st.characters(blacklist_characters="<>", blacklist_categories=("Cs",)), max_size=60)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from judo_model.imaging import encode_png
-from judo_model.output import format_target
+from judo_model.runtime.output import format_target
 from judo_model.processing import (
     CONTRACT_TAG_TOKENS,
     QWEN_SPECIAL_TOKENS,
@@ -19,7 +19,7 @@ from judo_model.processing import (
     tokenizer_corpus,
     train_tokenizer,
 )
-from judo_model.prompting import (
+from judo_model.runtime.prompting import (
     IGNORE_INDEX,
     Question,
     build_prompt,

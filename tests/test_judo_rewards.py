@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from judo_model.output import format_target
+from judo_model.runtime.output import format_target
 from judo_model.rewards import (
     JUDO_REWARD_FUNCTIONS,
     answer_accuracy_reward,
@@ -83,12 +83,11 @@ def test_segmentation_iou_on_normal_images():
 
 
 
-def test_empty_region_reward_column_sets_what_a_right_normal_verdict_earns():
+def test_an_empty_region_pays_only_on_a_normal_image():
     completions = [output(), output(boxes=[[0, 0, 10, 10]]), output(), output(boxes=[[0, 0, 500, 1000]])]
-    rewards = segmentation_iou_reward(completions, gt_boxes=[[], [], [], [[0, 0, 500, 1000]]],
-                                      empty_region_reward=[0.4, 0.4, None, 0.4])
-    # only an empty region on a normal image changes; a row without a value keeps 1.0
-    assert rewards == pytest.approx([0.4, 0.0, 1.0, 1.0])
+    rewards = segmentation_iou_reward(completions, gt_boxes=[[], [], [[0, 0, 500, 1000]], [[0, 0, 500, 1000]]])
+    # an empty region is right for a normal image only; a defect's exact box earns as much
+    assert rewards == pytest.approx([1.0, 0.0, 0.0, 1.0])
 
 def test_segmentation_iou_against_a_mask_array_and_a_mask_file(tmp_path):
     mask = np.zeros((100, 200), dtype=bool)

@@ -2,25 +2,62 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
+import re
+import shutil
+import zlib
+from dataclasses import asdict, replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from judo_model.output import boxes_to_mask, parse_output
-from judo_model.prompting import encode_for_training
+from benchmarks.ablation.rows import ROWS
+from judo_model.data import questions as mmad
+from judo_model.data.knowledge import CATEGORY_FACTS, category_facts, defect_title, product_title
+from judo_model.data.synth.writer import generate_dataset
+from judo_model.imaging import load_image
+from judo_model.mmad.evaluate import evaluate
+from judo_model.mmad.format import DEFECT_QUESTION_TYPES, MMADDataset
+from judo_model.mmad.judo_answerer import load_juxtaposed_answerer
+from judo_model.modeling import load_model
+from judo_model.prefilter.references import DEFECTS_SUBDIR, REFERENCES_SUBDIR, DefectExemplars, ProductExemplars
+from judo_model.processing import build_processor
+from judo_model.rewards import answer_accuracy_reward
+from judo_model.runtime.inference import JudoModel
+from judo_model.runtime.evidence import PANEL, evidence_note, hottest_boxes, refine_region, render_evidence
+from judo_model.runtime.inputs import PromptOptions, TRAINING_FILE, prompt_options_of, read_training_log
+from judo_model.runtime.output import boxes_to_mask, parse_output
+from judo_model.runtime.prompting import encode_for_training, prompt_text
+from judo_model.training.answerer import JuxtaposedJudo, mmad_templates
+from judo_model.training.cli import register_train
+from judo_model.training.data import (BalancedSampler, defect_titles, endorsed_boxes, example_prompt,
+                                      ground_truth_mask, load_examples, target_for)
+from judo_model.training.encoding import CachedEncoder
+from judo_model.training.evidence import (BANKS_FOLDER, HINT_DROPOUT, PRODUCTS_FOLDER, BankEvidence, evidence_dir,
+                                          load_evidence, prepare_evidence)
+from judo_model.training.grpo import grpo_rows, json_options
+from judo_model.training.note_reading import NoteReadingSampler, invented_products
+from judo_model.training.pipeline import prompt_options, train
+from judo_model.training.recipe import GrpoStage, NoteStage, Recipe, SegStage, SftStage, flat_name, option_values
+from judo_model.training.sft import question_pairs, segmentation_pairs
+from pipelines.cli import main
 
 CATEGORIES = ["bottle", "fabric"]
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "judo-tiny"
+#: Options the shipped checkpoint recorded that left the recipe (never-shipped experiments, kept
+#: with their results in docs/judo_training.md, "Removed experiments").
+REMOVED_OPTIONS = {"grpo_scale_rewards", "grpo_guided", "grpo_region_truth", "grpo_empty_region_reward",
+                   "grpo_temperature", "invented_names", "sft_cue_answers_only", "sft_note_replay",
+                   "sft_unseen_product_share"}
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     """Two categories, 20 images each, with cached evidence maps and banks."""
-    from judo_model.data.synth.writer import generate_dataset
-    from judo_model.training.evidence import prepare_evidence
-
     root = tmp_path_factory.mktemp("judo-train-data")
     generate_dataset(root, seed=3, categories=CATEGORIES, images_per_category=20, size=112, heldout=[], workers=1)
     prepare_evidence(root)
@@ -29,31 +66,20 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def examples(data_dir):
-    from judo_model.training.data import load_examples
-
     return load_examples(data_dir, "mmad_train.json")
 
 
 @pytest.fixture(scope="module")
 def smoke_checkpoint(data_dir, tmp_path_factory):
-    from judo_model.training.pipeline import train
-    from judo_model.training.recipe import Recipe
-
     out = tmp_path_factory.mktemp("judo-smoke") / "ckpt"
-    recipe = Recipe(note_steps=2, note_batch_size=2, seg_steps=2, sft_steps=2, grpo_steps=2, batch_size=2, grpo_generations=2,
-                    grpo_prompts_per_step=1, threads=1)
+    recipe = Recipe(note=NoteStage(steps=2, batch_size=2), seg=SegStage(steps=2, batch_size=2),
+                    sft=SftStage(steps=2, batch_size=2), grpo=GrpoStage(steps=2, generations=2, prompts_per_step=1),
+                    threads=1)
     log = train(data_dir, out, stage="all", recipe=recipe, curves_png=out.parent / "curves.png")
     return out, log
 
 
 def test_note_reading_targets_repeat_the_note(examples):
-    import re
-
-    from judo_model.processing import build_processor
-    from judo_model.prompting import prompt_text
-    from judo_model.training.data import defect_titles
-    from judo_model.training.note_reading import NoteReadingSampler
-
     sampler = NoteReadingSampler(defect_titles(examples), seed=3)
     seen = {True: 0, False: 0}
     for prompt, target in sampler.batch(200):
@@ -78,9 +104,6 @@ def test_note_reading_targets_repeat_the_note(examples):
 
 
 def test_note_reading_shares_of_defects_and_hints_follow_the_recipe(examples):
-    from judo_model.training.data import defect_titles
-    from judo_model.training.note_reading import NoteReadingSampler
-
     titles = defect_titles(examples)
     for above, hinted in ((0.74, 0.8), (0.85, 0.95), (0.0, 0.0)):
         parsed = [parse_output(t) for _, t in NoteReadingSampler(titles, seed=5, above_share=above,
@@ -98,13 +121,6 @@ def test_notes_naming_a_product_ask_questions_the_note_answers(examples, weights
     """With the recipe's product_note, a note names a product and one of its defect types, and
     some notes carry one MMAD question whose right option the note (and the knowledge) gives;
     weighted, each kind comes as often as its weight says and Anomaly Detection is yes half the time."""
-    import re
-
-    from judo_model.data import questions as mmad
-    from judo_model.data.knowledge import category_facts
-    from judo_model.training.data import defect_titles
-    from judo_model.training.note_reading import NoteReadingSampler
-
     sampler = NoteReadingSampler(defect_titles(examples), seed=2, categories=CATEGORIES, question_share=0.6,
                                  question_weights=weights)
     products = {category_facts(c).display_name: category_facts(c) for c in CATEGORIES}
@@ -145,24 +161,16 @@ def test_notes_naming_a_product_ask_questions_the_note_answers(examples, weights
         NoteReadingSampler(defect_titles(examples), categories=CATEGORIES, question_weights=(1, 1))
 
 
-@pytest.mark.parametrize("kind", ["listed", "random"])
-def test_invented_products_teach_copying_a_name_never_trained_on(examples, kind):
+def test_invented_products_teach_copying_a_name_never_trained_on(examples):
     """Notes naming an invented product carry no defect hint, ask only what the note answers
     (defective? which product?), and no invented name shares a word with a catalogue product,
-    held-out ones included. Random names are new at (almost) every draw."""
-    import re
-
-    from judo_model.data import questions as mmad
-    from judo_model.data.knowledge import CATEGORY_FACTS
-    from judo_model.training.data import defect_titles
-    from judo_model.training.note_reading import NoteReadingSampler, invented_products
-
+    held-out ones included."""
     listed = set(invented_products())
     catalogue = {word for facts in CATEGORY_FACTS.values() for word in facts.display_name.lower().split()}
     known = {facts.display_name for facts in CATEGORY_FACTS.values()}
     assert len(listed) >= 100 and not any(catalogue & set(name.split()) for name in listed)
     sampler = NoteReadingSampler(defect_titles(examples), seed=3, categories=CATEGORIES, question_share=0.5,
-                                 question_weights=(1, 1, 1, 1, 1, 1), unseen_share=0.5, invented_names=kind)
+                                 question_weights=(1, 1, 1, 1, 1, 1), unseen_share=0.5)
     seen_unseen, asked, names = 0, set(), []
     for prompt, target in sampler.batch(200):
         text = prompt.messages[0]["content"][-1]["text"]
@@ -172,7 +180,7 @@ def test_invented_products_teach_copying_a_name_never_trained_on(examples, kind)
         seen_unseen += 1
         names.append(product)
         assert not catalogue & set(product.split())
-        assert (product in listed) == (kind == "listed")
+        assert product in listed
         assert "Nearest labelled defect" not in text, "an invented product has no defect library"
         parsed = parse_output(target)
         assert parsed.ok and parsed.defect_type is None
@@ -184,16 +192,12 @@ def test_invented_products_teach_copying_a_name_never_trained_on(examples, kind)
             else:
                 assert parsed.answers == ("Yes." if parsed.defect else "No.",)
     assert 60 <= seen_unseen <= 140 and asked == {mmad.OBJECT_QUESTION, mmad.ANOMALY_QUESTION}
-    if kind == "random":
-        assert len(set(names)) >= 0.9 * len(names), "a new name nearly every time"
-    with pytest.raises(ValueError, match="invented names"):
-        NoteReadingSampler(defect_titles(examples), categories=CATEGORIES, unseen_share=0.5, invented_names="odd")
+    assert len(set(names)) > 10, "the invented names vary"
+    with pytest.raises(ValueError, match="categories"):
+        NoteReadingSampler(defect_titles(examples), unseen_share=0.5)
 
 
 def test_the_product_line_is_shown_only_to_checkpoints_trained_with_it(data_dir):
-    from judo_model.imaging import load_image
-    from judo_model.training.evidence import load_evidence
-
     evidence = load_evidence(data_dir)
     manifest = json.loads((data_dir / "splits.json").read_text())
     key = next(e["key"] for e in manifest["images"] if e["split"] == "test")
@@ -201,11 +205,6 @@ def test_the_product_line_is_shown_only_to_checkpoints_trained_with_it(data_dir)
     assert "Nearest known product" not in evidence.inputs(key, query).note
     assert evidence.inputs(key, query, with_product=True).note.endswith(
         f"Nearest known product: {evidence.products[key]}.")
-
-    from dataclasses import asdict
-
-    from judo_model.training.pipeline import TRAINING_FILE, prompt_options, prompt_options_of
-    from judo_model.training.recipe import Recipe
 
     for product_note in (False, True):
         checkpoint = data_dir / f"log-{product_note}"
@@ -216,15 +215,10 @@ def test_the_product_line_is_shown_only_to_checkpoints_trained_with_it(data_dir)
 
 
 def test_stage_batches_replay_notes_and_can_name_the_notes_type(data_dir, examples):
-    from judo_model.training.data import PromptOptions, defect_titles
-    from judo_model.training.evidence import load_evidence
-    from judo_model.training.note_reading import NoteReadingSampler
-    from judo_model.training.sft import SFTConfig, supervised_pairs
-
     evidence = load_evidence(data_dir)
     notes = NoteReadingSampler(defect_titles(examples), seed=1)
-    config = SFTConfig(steps=1, note_replay=0.25, type_from_note=True)
-    pairs = supervised_pairs(examples, PromptOptions(), evidence, config, questions=False, notes=notes)(400)
+    pairs = segmentation_pairs(examples, PromptOptions(), evidence, SegStage(note_replay=0.25), seed=0,
+                               type_from_note=True, notes=notes)(400)
     text_only = [p for p, *_ in pairs if not p.images]
     assert 60 <= len(text_only) <= 140, "about a quarter of the batch reads notes without images"
     hinted = [(p, parse_output(t)) for p, t, *_ in pairs if p.images and "Nearest labelled defect: " in str(p.messages)]
@@ -234,92 +228,27 @@ def test_stage_batches_replay_notes_and_can_name_the_notes_type(data_dir, exampl
         assert f"Nearest labelled defect: {parsed.defect_type}." in str(prompt.messages)
 
 
-@pytest.mark.parametrize("kind", ["listed", "random"])
-def test_stage2_can_call_the_product_by_an_invented_name_in_the_note_and_the_options(data_dir, examples, kind):
-    """Object Classification read from the note: a renamed product is named in the note and is the
-    answer, and the true name is gone from the options; products without training images are
-    never offered (they would only ever be wrong answers)."""
-    import re
-
-    from judo_model.data.knowledge import CATEGORY_FACTS, product_title
-    from judo_model.training.data import PromptOptions, untrained_product_names, with_products_renamed
-    from judo_model.training.evidence import load_evidence
-    from judo_model.training.sft import SFTConfig, supervised_pairs
-
+def test_stage2_batches_replay_stage1_and_answer_with_the_notes_type(data_dir, examples):
+    """Stage 2 draws a share of question-free Stage 1 examples; its verdicts and Defect
+    Classification answers name the note's type where the note names one (and it is an option)."""
     evidence = load_evidence(data_dir)
-    known = {facts.display_name for facts in CATEGORY_FACTS.values()}
-    options = PromptOptions(product_note=True)
-
-    def object_answers(share: float):
-        config = SFTConfig(steps=1, single_question=1.0, seed=4, unseen_product_share=share, invented_names=kind)
-        pairs = supervised_pairs(examples, options, evidence, config)(300)
-        found = []
-        for prompt, target, *_ in pairs:
-            text = prompt.messages[0]["content"][-1]["text"]
-            if "What kind of product" not in text or "Nearest known product" not in text:
-                continue
-            named = re.search(r"Nearest known product: ([^.]+)\.", text).group(1)
-            listed = re.findall(r"^[A-D]: (.+)$", text, flags=re.MULTILINE)
-            found.append((named, listed, parse_output(target).answers[0]))
-        return found
-
-    untrained = set(untrained_product_names(examples))
-    found = object_answers(1.0)
-    renamed = [(named, listed, answer) for named, listed, answer in found if named not in known]
-    assert len(renamed) >= 10
-    for named, listed, answer in renamed:
-        assert answer == named and named in listed
-    asking = next(e for e in examples if "Object Classification" in e.question_types)
-    true_name = product_title(asking.category)
-    moved = with_products_renamed(asking, {true_name: "tin spindle"})
-    for before, after, kind in zip(asking.questions, moved.questions, asking.question_types):
-        if kind == "Object Classification":
-            assert true_name not in after.options.values() and "tin spindle" in after.options.values()
-        else:
-            assert after == before
-    assert moved.answer_letters == asking.answer_letters
-    assert not untrained & {name for _, listed, _ in found for name in listed}
-    plain = object_answers(0.0)
-    assert not [named for named, *_ in plain if named not in known]
-    assert untrained & {name for _, listed, _ in plain for name in listed}, "MMAD-style distractors name them"
-
-
-def test_prompts_asking_a_defect_question_can_learn_their_answers_only(data_dir, examples):
-    from judo_model.data.questions import DEFECT_PREFIX
-    from judo_model.modeling import load_model
-    from judo_model.output import ANSWER_OPEN
-    from judo_model.prompting import IGNORE_INDEX
-    from judo_model.training.data import PromptOptions
-    from judo_model.training.encoding import CachedEncoder
-    from judo_model.training.evidence import load_evidence
-    from judo_model.training.sft import SFTConfig, supervised_pairs
-
-    evidence = load_evidence(data_dir)
-    config = SFTConfig(steps=1, replay=0.3, cue_answers_only=True)
-    pairs = supervised_pairs(examples, PromptOptions(), evidence, config)(300)
-    asks_defect_question = [DEFECT_PREFIX in str(p.messages) for p, _, _ in pairs]
-    cued = [pair for pair, asks in zip(pairs, asks_defect_question) if asks]
-    others = [pair for pair, asks in zip(pairs, asks_defect_question) if not asks]
-    assert cued and all(start == t.index(ANSWER_OPEN) > 0 for _, t, start in cued)
-    assert others and all(start == 0 for _, _, start in others), "verdicts are learned where no defect question is asked"
-    assert not any(start for _, _, start in supervised_pairs(examples, PromptOptions(), evidence,
-                                                            SFTConfig(steps=1, replay=0.3))(300)), "off by default"
-
-    _, processor = load_model("tiny")
-    encoder = CachedEncoder(processor)
-    prompt, target, start = cued[0]
-    whole = encoder.encode(prompt, target)
-    answers_only = encoder.encode(prompt, target, start)
-    assert torch.equal(whole["input_ids"], answers_only["input_ids"]), "the same tokens, only fewer are learned"
-    learned = answers_only["labels"][0] != IGNORE_INDEX
-    assert 0 < int(learned.sum()) < int((whole["labels"][0] != IGNORE_INDEX).sum())
-    text = processor.tokenizer.decode(answers_only["input_ids"][0][learned])
-    assert text.startswith(ANSWER_OPEN) and "<defect>" not in text
+    stage = SftStage(single_question=1.0, replay=0.3)
+    pairs = question_pairs(examples, PromptOptions(), evidence, stage, seed=4, type_from_note=True)(400)
+    texts = [prompt.messages[0]["content"][-1]["text"] for prompt, _ in pairs]
+    assert 80 <= sum("Question 1: " not in text for text in texts) <= 160, "about 30 % replay Stage 1"
+    answered = 0
+    for text, (_, target) in zip(texts, pairs):
+        hint = re.search(r"Nearest labelled defect: ([^.]+)\.", text)
+        parsed = parse_output(target)
+        if hint and parsed.defect:
+            assert parsed.defect_type == hint.group(1)
+        if hint and mmad.CLASSIFICATION_QUESTION in text and hint.group(1) in re.findall(r"^[A-D]: (.+)$", text, re.M):
+            assert parsed.answers == (hint.group(1),)
+            answered += 1
+    assert answered, "some Defect Classification questions come with a hinted note"
 
 
 def test_defect_classification_answer_can_name_another_type(examples):
-    from judo_model.training.data import target_for
-
     example = next(e for e in examples if not e.is_normal and "Defect Classification" in e.question_types)
     asked = example.question_types.index("Defect Classification")
     other = next(text for letter, text in example.questions[asked].options.items()
@@ -332,8 +261,6 @@ def test_defect_classification_answer_can_name_another_type(examples):
 
 
 def test_targets_follow_the_contract_and_cover_the_mask(examples):
-    from judo_model.training.data import ground_truth_mask, target_for
-
     defective = next(e for e in examples if not e.is_normal)
     normal = next(e for e in examples if e.is_normal)
     for example in (defective, normal):
@@ -350,9 +277,6 @@ def test_targets_follow_the_contract_and_cover_the_mask(examples):
 
 def test_balanced_sampler_leaves_the_verdict_to_the_images(examples):
     """Prompts without MMAD's "There is a defect" questions are half normal, half defective."""
-    from judo_model.mmad.format import DEFECT_QUESTION_TYPES
-    from judo_model.training.data import BalancedSampler
-
     draws = BalancedSampler(examples, seed=0).batch(1200)
     neutral = [d for d in draws if not set(d.question_types) & set(DEFECT_QUESTION_TYPES)]
     assert 0.44 < np.mean([d.is_normal for d in neutral]) < 0.56
@@ -366,11 +290,6 @@ def test_balanced_sampler_leaves_the_verdict_to_the_images(examples):
 
 
 def test_cached_encoder_matches_the_processor(data_dir, examples):
-    from judo_model.modeling import load_model
-    from judo_model.training.data import PromptOptions, example_prompt, target_for
-    from judo_model.training.encoding import CachedEncoder
-    from judo_model.training.evidence import load_evidence
-
     _, processor = load_model("tiny")
     encoder = CachedEncoder(processor)
     evidence = load_evidence(data_dir)
@@ -386,8 +305,6 @@ def test_cached_encoder_matches_the_processor(data_dir, examples):
 
 
 def test_targets_endorse_a_matching_evidence_box_verbatim():
-    from judo_model.training.data import endorsed_boxes
-
     truth = [(100, 100, 300, 300), (600, 600, 700, 700)]
     assert endorsed_boxes(truth, (600, 600, 725, 700)) == [(600, 600, 725, 700), (100, 100, 300, 300)]
     assert endorsed_boxes(truth, (0, 0, 50, 50)) == truth, "a prefilter box off the defect is corrected"
@@ -396,9 +313,6 @@ def test_targets_endorse_a_matching_evidence_box_verbatim():
 
 
 def test_evidence_inputs(data_dir, examples):
-    from judo_model.imaging import load_image
-    from judo_model.training.evidence import PANEL, load_evidence, render_evidence
-
     evidence = load_evidence(data_dir)
     assert set(evidence.thresholds) == set(CATEGORIES)
     example = examples[0]
@@ -419,12 +333,6 @@ def test_evidence_inputs(data_dir, examples):
 def test_training_images_are_labelled_by_the_other_defect_exemplars(data_dir):
     """Every labelled training defect sits in its category's exemplar library, and its hint comes
     from the others (leave one out), so training hints are as fallible as test-time ones."""
-    import zlib
-
-    from actors.references import DEFECTS_SUBDIR, REFERENCES_SUBDIR, DefectExemplars
-    from judo_model.data.knowledge import defect_title
-    from judo_model.training.evidence import BANKS_FOLDER, HINT_DROPOUT, evidence_dir, load_evidence
-
     evidence = load_evidence(data_dir)
     manifest = json.loads((data_dir / "splits.json").read_text())
     for category in CATEGORIES:
@@ -449,13 +357,6 @@ def test_products_are_named_by_the_nearest_normal_images_of_every_known_product(
     """The product library holds every category's normal training images; each image's product
     comes from the others (leave one out), one training image in HINT_DROPOUT is shown without
     it, and the library reloads to name a new image's product the same way."""
-    import zlib
-
-    from actors.references import ProductExemplars
-    from judo_model.data.knowledge import product_title
-    from judo_model.imaging import load_image
-    from judo_model.training.evidence import HINT_DROPOUT, PRODUCTS_FOLDER, evidence_dir, load_evidence
-
     evidence = load_evidence(data_dir)
     manifest = json.loads((data_dir / "splits.json").read_text())
     library = ProductExemplars.load(evidence_dir(data_dir) / PRODUCTS_FOLDER)
@@ -475,14 +376,6 @@ def test_products_are_named_by_the_nearest_normal_images_of_every_known_product(
 def test_live_evidence_names_the_product_only_when_asked_and_scores_a_query_once(data_dir, tmp_path):
     """An MMAD folder's product library is built only for checkpoints that read it, and grounding
     an answer reuses the anomaly map its prompt was built from."""
-    import shutil
-
-    from judo_model.data.knowledge import product_title
-    from judo_model.imaging import load_image
-    from judo_model.training.answerer import JuxtaposedJudo, mmad_templates
-    from judo_model.training.data import PromptOptions
-    from judo_model.training.evidence import PRODUCTS_FOLDER, BankEvidence
-
     plain = tmp_path / "mmad-folder"
     shutil.copytree(data_dir, plain, ignore=shutil.ignore_patterns("evidence"))
     banks = BankEvidence(tmp_path / "banks", mmad_templates(plain))
@@ -506,8 +399,6 @@ def test_live_evidence_names_the_product_only_when_asked_and_scores_a_query_once
 
 
 def test_evidence_note_states_the_score_and_the_hottest_box():
-    from judo_model.training.evidence import evidence_note, hottest_boxes, refine_region
-
     anomaly_map = np.zeros((100, 200), np.float32)
     anomaly_map[20:40, 100:150] = 3.0
     anomaly_map[25:30, 110:120] = 4.0
@@ -523,40 +414,26 @@ def test_evidence_note_states_the_score_and_the_hottest_box():
     assert region.sum() == 20 * 50 and region[20:40, 100:150].all()
 
 
-def test_grpo_rows_carry_the_guide_and_the_chosen_region_truth(data_dir, examples):
-    from judo_model.training.data import PromptOptions, defect_titles
-    from judo_model.training.evidence import load_evidence
-    from judo_model.training.grpo import grpo_rows
-
+def test_grpo_rows_carry_the_guide_and_the_ground_truth(data_dir, examples):
     evidence = load_evidence(data_dir)
-    by_mask = grpo_rows(examples, PromptOptions(), evidence, 12, seed=2)
-    by_boxes = grpo_rows(examples, PromptOptions(), evidence, 12, seed=2, region_truth="boxes",
-                         empty_region_reward=0.4)
-    assert any(row["mask"] for row in by_mask) and not any(row["mask"] for row in by_boxes)
-    assert {row["empty_region_reward"] for row in by_mask} == {1.0}
-    assert {row["empty_region_reward"] for row in by_boxes} == {0.4}
-    assert [row["gt_boxes"] for row in by_mask] == [row["gt_boxes"] for row in by_boxes]
+    rows = grpo_rows(examples, PromptOptions(), evidence, 12, seed=2)
+    assert rows == grpo_rows(examples, PromptOptions(), evidence, 12, seed=2), "the seed fixes the rows"
+    assert any(row["mask"] for row in rows) and any(not row["mask"] for row in rows)
+    assert all(bool(row["mask"]) == bool(row["gt_boxes"]) for row in rows), "defective rows carry both"
     known_types = set(defect_titles(examples))
-    guides = [json.loads(row["guide"]) for row in by_boxes]
-    for row, guide in zip(by_boxes, guides):
+    guides = [json.loads(row["guide"]) for row in rows]
+    for row, guide in zip(rows, guides):
         assert guide["answer_options"] == list(json.loads(row["options"]).values())
     assert all(guide["defect_types"] and set(guide["defect_types"]) <= known_types for guide in guides)
-    with pytest.raises(ValueError, match="region_truth"):
-        grpo_rows(examples, PromptOptions(), evidence, 1, region_truth="pixels")
 
 
 def test_grpo_options_are_decoded_for_the_reward_functions():
-    from judo_model.rewards import answer_accuracy_reward
-    from judo_model.training.grpo import json_options
-
     reward = json_options(answer_accuracy_reward)
     completion = "<think>x</think>\n<defect>no</defect>\n<region>[]</region>\n<answer>No.</answer>"
     assert reward([completion], answer=["B"], options=[json.dumps({"A": "Yes.", "B": "No."})]) == [1.0]
 
 
 def test_smoke_run_of_every_stage(smoke_checkpoint):
-    from judo_model.inference import JudoModel
-
     out, log = smoke_checkpoint
     assert [s["stage"] for s in log.stages] == ["note", "seg", "sft", "grpo"]
     assert all(len(s["steps"]) == 2 for s in log.stages)
@@ -571,10 +448,6 @@ def test_smoke_run_of_every_stage(smoke_checkpoint):
 
 
 def test_smoke_checkpoint_answers_through_the_mmad_harness(smoke_checkpoint, data_dir):
-    from judo_model.mmad.evaluate import evaluate
-    from judo_model.mmad.format import MMADDataset
-    from judo_model.training.answerer import load_juxtaposed_answerer
-
     out, _ = smoke_checkpoint
     answerer = load_juxtaposed_answerer(out, data_dir, max_new_tokens=8)
     result = evaluate(MMADDataset(data_dir, "mmad.json"), answerer, limit=1)
@@ -584,11 +457,6 @@ def test_smoke_checkpoint_answers_through_the_mmad_harness(smoke_checkpoint, dat
 def test_eval_mmad_cli_fits_banks_on_the_templates_of_any_mmad_folder(smoke_checkpoint, data_dir, tmp_path,
                                                                         monkeypatch):
     """``judo eval mmad --model CKPT`` on a folder without judo train's evidence cache."""
-    import shutil
-
-    from judo_model.mmad.format import MMADDataset
-    from pipelines.cli import main
-
     out, _ = smoke_checkpoint
     plain = tmp_path / "mmad-folder"
     shutil.copytree(data_dir, plain, ignore=shutil.ignore_patterns("evidence"))
@@ -608,32 +476,71 @@ def test_eval_mmad_cli_fits_banks_on_the_templates_of_any_mmad_folder(smoke_chec
 
 
 def test_cli_runs_single_stages(data_dir, smoke_checkpoint, tmp_path):
-    from pipelines.cli import main
-
-    base = ["train", "--data", str(data_dir), "--batch-size", "2"]
+    base = ["train", "--data", str(data_dir), "--seg-batch-size", "2", "--sft-batch-size", "2"]
     assert main([*base, "--stage", "seg", "--seg-steps", "1", "--out", str(tmp_path / "seg")]) == 0
     assert main([*base, "--stage", "sft", "--sft-steps", "1", "--init", str(tmp_path / "seg"),
                  "--evidence-route", "none", "--out", str(tmp_path / "sft")]) == 0
     with pytest.raises(ValueError, match="init"):
         main([*base, "--stage", "grpo", "--out", str(tmp_path / "grpo")])
-    free = ["--grpo-steps", "1", "--grpo-generations", "2", "--grpo-prompts-per-step", "1", "--grpo-guided", "no",
-            "--grpo-region-truth", "boxes", "--grpo-scale-rewards", "batch"]
-    assert main([*base, "--stage", "grpo", *free, "--init", str(smoke_checkpoint[0]),
-                 "--out", str(tmp_path / "grpo-free")]) == 0
+    grpo = ["--grpo-steps", "1", "--grpo-generations", "2", "--grpo-prompts-per-step", "1", "--grpo-lr", "1e-4"]
+    assert main([*base, "--stage", "grpo", *grpo, "--init", str(smoke_checkpoint[0]),
+                 "--out", str(tmp_path / "grpo")]) == 0
     product = ["--product-note", "yes", "--note-question-share", "1.0", "--note-plain-steps", "1"]
     assert main([*base, "--stage", "note", "--note-steps", "2", "--note-batch-size", "2", *product,
                  "--out", str(tmp_path / "note")]) == 0
     assert main([*base, "--stage", "seg", "--seg-steps", "1", "--init", str(tmp_path / "note"), *product,
                  "--out", str(tmp_path / "seg-product")]) == 0
-    from judo_model.training.pipeline import prompt_options_of, read_training_log
 
     assert prompt_options_of(tmp_path / "seg-product").product_note
     assert [s["stage"] for s in read_training_log(tmp_path / "seg-product")["stages"]] == ["note", "seg"]
 
 
 def test_defect_titles_are_the_names_answers_use():
-    from judo_model.data.knowledge import category_facts, defect_title
-
     assert defect_title("fabric", "broken_thread") == category_facts("fabric").defects["broken_thread"].title
     assert defect_title("fabric", "pulled_loop") == "pulled loop", "an unknown label reads as words"
     assert defect_title("a-plant-product", "weld_spatter") == "weld spatter"
+
+
+def test_tiny_recipe_is_the_recipe_the_shipped_checkpoint_recorded():
+    """Every option's default is what trained checkpoints/judo-tiny (its flat record predates the
+    stage groups; ``make train`` passes --threads 2), and no recorded option is lost unnoticed."""
+    shipped = json.loads((SHIPPED_CHECKPOINT / TRAINING_FILE).read_text())["recipe"]
+    defaults = {flat_name(*key): value for key, value in option_values(Recipe())}
+    recorded = {name: tuple(value) if isinstance(value, list) else value
+                for name, value in shipped.items() if name in defaults}
+    assert recorded == {**defaults, "threads": 2}
+    assert Recipe.from_dict(shipped) == replace(Recipe(), threads=2)
+    removed = set(shipped) - set(defaults)
+    assert removed == REMOVED_OPTIONS, "an option left the recipe: say so in docs/judo_training.md"
+    assert all(shipped[name] in (0, 0.0, 1.0, False, True, "group", "mask", "listed") for name in removed)
+
+
+def test_recipe_records_read_back_nested_and_flat():
+    recipe = Recipe(note=NoteStage(steps=5, question_weights=(1.0,) * 6), sft=SftStage(domain_knowledge_prob=0.0),
+                    grpo=GrpoStage(steps=3), evidence_route=None, reference=False)
+    nested = json.loads(json.dumps(recipe.as_dict()))
+    assert nested["evidence_route"] is None and nested["reference"] is False, "prompt options stay top-level"
+    assert Recipe.from_dict(nested) == recipe
+    flat = {flat_name(*key): value for key, value in option_values(recipe)}
+    assert Recipe.from_dict({**flat, "sft_cue_answers_only": True}) == recipe, "removed options are ignored"
+    assert Recipe.from_dict({}) == Recipe()
+
+
+def test_train_flags_are_the_recipe_options():
+    """``judo train`` has one flag per option; the ablation's rows and ``make train`` parse."""
+    parser = argparse.ArgumentParser()
+    register_train(parser.add_subparsers())
+    base = ["train", "--data", "D", "--out", "O"]
+    args = parser.parse_args([*base, "--preset", "tiny", "--stage", "all", "--threads", "2", "--curves", "c.png"])
+    assert args.threads == 2 and args.note_steps is None
+    args = parser.parse_args([*base, "--note-question-weights", "1,2,3,4,5,6", "--sft-answer-type-from-note", "no",
+                              "--seg-note-replay", "0.1", "--grpo-beta", "0.1"])
+    assert (args.note_question_weights, args.sft_answer_type_from_note, args.seg_note_replay, args.grpo_beta) == \
+        ((1.0, 2.0, 3.0, 4.0, 5.0, 6.0), False, 0.1, 0.1)
+    for (stage, name), _ in option_values(Recipe()):
+        if name not in ("reference", "evidence_route"):
+            flag = "--" + (name if stage is None else f"{stage}_{name}").replace("_", "-")
+            assert flag in parser._subparsers._group_actions[0].choices["train"]._option_string_actions, flag
+    for row, (_, flags) in ROWS.items():
+        if flags is not None:
+            parser.parse_args([*base, *[f.replace("{main}", "M") for f in flags]])

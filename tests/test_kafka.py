@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -11,13 +12,14 @@ from datetime import datetime, timezone
 
 import numpy as np
 import pytest
+from kafka.errors import KafkaError as ClientError
 
-from cluster.kafka import LocalKafka, TopicSpec
-from cluster.messages import (
-    Defect,
-    Frame,
+from cluster.kafka import KafkaSettings, TopicSpec, create_topics
+from cluster.kafka_broker import BrokerNode, broker_properties, ensure_kafka_jars, new_cluster_id
+from cluster.local_kafka import STATE_FILE, LocalKafka
+from cluster.messages import Defect, Frame, Verdict
+from cluster.records import (
     MessageValidationError,
-    Verdict,
     frame_from_record,
     frame_to_record,
     verdict_from_record,
@@ -142,7 +144,8 @@ def test_three_broker_cluster_serves_acks_all_with_one_broker_down():
 
 
 def _java_pids() -> set[int]:
-    out = subprocess.run(["pgrep", "-f", "kafka.Kafka"], capture_output=True, text=True).stdout
+    """Brokers of the detached cluster only: other tests on this machine may run brokers of their own."""
+    out = subprocess.run(["pgrep", "-f", f"kafka.Kafka {STATE_FILE.parent}"], capture_output=True, text=True).stdout
     return {int(p) for p in out.split()}
 
 
@@ -161,9 +164,7 @@ def test_cli_up_prints_a_usable_address_and_down_leaves_no_java(tmp_path):
         assert status.returncode == 0, status.stdout + status.stderr
         assert json.loads(status.stdout)["bootstrap_servers"] == bootstrap
 
-        from cluster.kafka import KafkaSettings
         settings = KafkaSettings(bootstrap_servers=bootstrap)
-        from cluster.kafka import create_topics
         create_topics(settings, [TopicSpec("cli-check")])
         producer = settings.producer()
         producer.send("cli-check", key=b"k", value=b"hello").get(timeout=30)
@@ -188,7 +189,6 @@ def test_sasl_plain_settings_pass_through_to_kafka_python():
         [record] = consume_all(settings, "secured", 1)
         assert frame_from_record(record.key, record.value, record.headers).frame_id == "f-0001"
 
-        from kafka.errors import KafkaError as ClientError
         wrong = cluster.settings(sasl_plain_password="wrong")
         with pytest.raises(ClientError):
             producer = wrong.producer(max_block_ms=5000)
@@ -199,8 +199,6 @@ def test_sasl_plain_settings_pass_through_to_kafka_python():
 
 
 def test_cached_jars_need_no_network_or_maven(monkeypatch):
-    from cluster.kafka import ensure_kafka_jars
-
     libs = ensure_kafka_jars()
     monkeypatch.setenv("PATH", "/nonexistent")
     assert ensure_kafka_jars() == libs
@@ -210,11 +208,21 @@ def test_cached_jars_need_no_network_or_maven(monkeypatch):
 def test_cluster_ids_never_look_like_an_option():
     """The storage tool reads an id starting with "-" as an option and the broker never starts
     (this failed one local cluster in 64 before ids were drawn like Kafka's own)."""
-    import base64
-
-    from cluster.kafka import _new_cluster_id
-
-    ids = [_new_cluster_id() for _ in range(5000)]
+    ids = [new_cluster_id() for _ in range(5000)]
     assert not any(cluster_id.startswith("-") for cluster_id in ids)
     assert all(len(base64.urlsafe_b64decode(cluster_id + "==")) == 16 for cluster_id in ids)
     assert len(set(ids)) == len(ids)
+
+
+def test_broker_properties_follow_cluster_size_and_listener(tmp_path):
+    nodes = [BrokerNode(node_id=i, port=9000 + i, controller_port=9100 + i, data_dir=tmp_path / f"b{i}")
+             for i in (1, 2, 3)]
+    props = broker_properties(nodes[1], nodes, "SASL_PLAINTEXT", {"judo": "pw", "other": "x"}, None,
+                              {"num.io.threads": "4"})
+    assert props["node.id"] == "2" and props["listeners"].startswith("CLIENT://127.0.0.1:9002,")
+    assert props["controller.quorum.voters"] == "1@127.0.0.1:9101,2@127.0.0.1:9102,3@127.0.0.1:9103"
+    assert props["default.replication.factor"] == "3" and props["min.insync.replicas"] == "2"
+    assert 'username="judo" password="pw"' in props["listener.name.client.plain.sasl.jaas.config"]
+    assert props["num.io.threads"] == "4"
+    single = broker_properties(nodes[0], nodes[:1], "PLAINTEXT", {}, None)
+    assert single["min.insync.replicas"] == "1" and "sasl.enabled.mechanisms" not in single

@@ -10,15 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from cluster.messages import (
+from cluster.messages import MAX_FRAME_BYTES, Defect, Frame, RLEMask, Verdict
+from cluster.records import (
     FRAME_HEADER,
-    MAX_FRAME_BYTES,
     SCHEMA_VERSION_HEADER,
-    Defect,
-    Frame,
     MessageValidationError,
-    RLEMask,
-    Verdict,
     dead_letter_for,
     dead_letter_from_record,
     dead_letter_to_record,

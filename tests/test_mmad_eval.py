@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from judo_model.imaging import encode_png, load_mask
-from judo_model.mmad.answerers import AnswererNotAvailable, GroundedAnswer, MMADQuery, load_answerer
+from judo_model.mmad.answerers import AnswererNotAvailable, GroundedAnswer, MMADQuery
 from judo_model.metrics import auroc
 from judo_model.mmad.evaluate import evaluate
 from judo_model.mmad.format import MMADDataset
+from judo_model.mmad.judo_answerer import load_answerer
 from pipelines.cli import main
 from tests.test_data_dataset import synthetic_dataset  # noqa: F401  (shared session fixture)
 

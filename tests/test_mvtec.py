@@ -1,8 +1,6 @@
-"""The MVTec-style loader reads every real category in /work/shared/data/real."""
+"""The MVTec-style loader reads every real category in the real data folder ($JUDO_REAL_DATA)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +13,8 @@ from judo_model.data.mvtec import (
     iter_samples,
 )
 from judo_model.imaging import encode_png
+from tests.real_data import REAL, needs_real
 
-REAL = Path("/work/shared/data/real")
 EXPECTED = {
     # name: (dataset, train/good, test/good, defective, defective with mask)
     "magnetic_tile": ("MTD", 60, 30, 60, 60),
@@ -24,8 +22,6 @@ EXPECTED = {
     "tire": ("MVTec3D-AD", 10, 10, 12, 12),
     "bottle": ("MVTecAD", 10, 10, 10, 0),
 }
-
-needs_real = pytest.mark.skipif(not REAL.is_dir(), reason="real data set not present")
 
 
 @needs_real

@@ -11,8 +11,9 @@ import pytest
 
 from cluster.telemetry import read_spans, setup_tracing
 from pipelines.commands import SHIPPED_CHECKPOINT
-from pipelines.gallery import collect_verdicts
-from pipelines.simulator import CameraSimulator, CameraSpec
+from pipelines.runner import Pipeline
+from tooling.gallery import collect_verdicts
+from tooling.simulator import CameraSimulator, CameraSpec
 from tests.pipeline_support import bad_inputs, pipeline_test_config
 
 pytestmark = pytest.mark.skipif(not (SHIPPED_CHECKPOINT / "config.json").exists(),
@@ -30,8 +31,6 @@ def malformed_records(marker):
 @pytest.fixture(scope="module")
 def run(kafka, pipeline_banks, tmp_path_factory):
     """One real run: N simulated frames and 3 malformed records through Kafka, Ray and JUDO."""
-    from pipelines.runner import Pipeline
-
     tmp_path = tmp_path_factory.mktemp("e2e")
     trace_file = tmp_path / "traces.jsonl"
     setup_tracing("e2e.cameras", trace_file=trace_file)

@@ -2,31 +2,26 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from actors.features import (
+from judo_model.data.mvtec import discover_categories
+from judo_model.imaging import ImageDecodeError, encode_png
+from judo_model.metrics import auroc
+from judo_model.prefilter.bank_format import BankFormatError
+from judo_model.prefilter.calibration import Calibration
+from judo_model.prefilter.features import (
     InvalidFrameError,
     PreprocessConfig,
     Preprocessor,
     as_rgb_frame,
     choose_canvas,
 )
-from actors.prefilter import (
-    BankFormatError,
-    Calibration,
-    PatchCoreBank,
-    PrefilterScorer,
-    kcenter_greedy,
-)
-from judo_model.data.mvtec import discover_categories
-from judo_model.imaging import ImageDecodeError, encode_png
-from judo_model.metrics import auroc
+from judo_model.prefilter.patchcore import PatchCoreBank, kcenter_greedy
+from judo_model.prefilter.scorer import PrefilterScorer
+from tests.real_data import REAL, needs_real
 
-REAL = Path("/work/shared/data/real")
-pytestmark = pytest.mark.skipif(not REAL.is_dir(), reason="real data set not present")
+pytestmark = needs_real
 
 
 @pytest.fixture(scope="module")

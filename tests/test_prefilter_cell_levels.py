@@ -10,17 +10,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from actors.features import BackboneConfig, PreprocessConfig
-from actors.prefilter import (
-    CELL_LEVELS_FILE,
-    BankFormatError,
-    CellLevels,
-    PatchCoreBank,
-    PatchCoreConfig,
-    PrefilterScorer,
-    choose_position_norm,
-)
 from judo_model.metrics import auroc
+from judo_model.prefilter.bank_format import CELL_LEVELS_FILE, BankFormatError
+from judo_model.prefilter.calibration import CellLevels, choose_position_norm
+from judo_model.prefilter.features import BackboneConfig, PreprocessConfig
+from judo_model.prefilter.patchcore import PatchCoreBank, PatchCoreConfig
+from judo_model.prefilter.scorer import PrefilterScorer
 
 SIZE = 96
 

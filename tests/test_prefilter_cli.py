@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from actors.cli import register
-from actors.prefilter import PrefilterScorer
-from actors.references import REFERENCES_SUBDIR
-from actors.prefilter_eval import METRICS
 from judo_model.imaging import encode_png
+from judo_model.prefilter.cli import register
+from judo_model.prefilter.evaluation import METRICS
+from judo_model.prefilter.references import REFERENCES_SUBDIR
+from judo_model.prefilter.scorer import PrefilterScorer
 
 
 def _texture(rng: np.random.Generator, size: int = 96) -> np.ndarray:

@@ -5,19 +5,20 @@ RAY TEST: starts a local Ray (2 CPUs, no dashboard) for one short check and shut
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-from actors.prefilter import BANK_META, PrefilterScorer, PrefilterService
-from actors.prefilter import fit_bank_from_folder, prefilter_actor_class
-from actors.references import REFERENCES_SUBDIR, reference_actor_class
+from actors.prefilter import PrefilterService, prefilter_actor_class
+from actors.references import ReferenceService
 from judo_model.data.mvtec import discover_categories
+from judo_model.prefilter.bank_format import BANK_META
+from judo_model.prefilter.fitting import fit_bank_from_folder
+from judo_model.prefilter.references import REFERENCES_SUBDIR
+from judo_model.prefilter.scorer import PrefilterScorer
+from tests.real_data import REAL, needs_real
 
-REAL = Path("/work/shared/data/real")
-pytestmark = pytest.mark.skipif(not REAL.is_dir(), reason="real data set not present")
+pytestmark = needs_real
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +47,6 @@ def test_service_without_ray_matches_core(bank_dir):
 
 
 def test_prefilter_descriptors_find_the_same_references_as_the_images(bank_dir):
-    from actors.references import ReferenceService
-
     out, frames = bank_dir
     service = PrefilterService({"bottle": str(out)}, threads=1)
     results = service.score_frames("bottle", frames)
@@ -68,12 +67,15 @@ def test_ray_actors_wrap_the_cores(bank_dir):
     expected = PrefilterService({"bottle": str(out)}).score_frames("bottle", frames)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        prefilter = prefilter_actor_class().remote({"bottle": str(out)}, 1)
-        refs = reference_actor_class().remote({"bottle": str(out / REFERENCES_SUBDIR)})
+        prefilter = prefilter_actor_class().remote({"bottle": str(out)}, 1, with_references=True)
         routed = ray.get(prefilter.score_frames.remote("bottle", frames), timeout=120)
-        references = ray.get(refs.query.remote("bottle", frames[:1], 2), timeout=120)
+        ids = [f"f{i}" for i in range(len(frames))]
+        screened = ray.get(prefilter.screen_frames.remote("bottle", frames, [None] * len(frames), ids, 2), timeout=120)
     finally:
         ray.shutdown()
     assert [r["suspect"] for r in routed] == [r["suspect"] for r in expected]
     assert [r["score"] for r in routed] == pytest.approx([r["score"] for r in expected], rel=1e-4)
-    assert len(references[0]) == 2 and references[0][0]["id"].startswith("train/good/")
+    suspects = [r for r in screened if r["suspect"]]
+    assert suspects and all(len(r["references"]) == 2 for r in suspects)
+    assert all(ref["id"].startswith("train/good/") and "image" not in ref for r in suspects for ref in r["references"])
+    assert all("references" not in r for r in screened if not r["suspect"])

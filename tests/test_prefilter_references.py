@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from actors.references import ReferenceIndex, ReferenceService
+from actors.references import ReferenceService
 from judo_model.data.mvtec import discover_categories
+from judo_model.prefilter.references import ReferenceIndex
+from tests.real_data import REAL, needs_real
 
-REAL = Path("/work/shared/data/real")
-pytestmark = pytest.mark.skipif(not REAL.is_dir(), reason="real data set not present")
+pytestmark = needs_real
 
 
 def _index(name: str) -> tuple[ReferenceIndex, list, list]:

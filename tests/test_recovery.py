@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
 import pytest
+import ray
 
-from pipelines.faults import recovery_metrics
+from cluster.ray_runtime import start_ray, stop_ray
+from pipelines.config import PipelineConfig
+from pipelines.runner import Pipeline, PipelineHandles, RestartBackoff
+from tooling.faults.watch import recovery_metrics
 
 
 def test_recovery_metrics_on_a_stall_then_catch_up():
@@ -22,8 +27,6 @@ def test_recovery_metrics_on_a_stall_then_catch_up():
 
 
 def test_driver_restarts_back_off_only_when_a_driver_keeps_dying():
-    from pipelines.runner import RestartBackoff
-
     backoff = RestartBackoff(initial_s=1.0, max_s=8.0, healthy_s=60.0)
     assert backoff.delay_after(ran_for_s=600.0) == 0.0, "a driver killed after a healthy run is replaced at once"
     assert [backoff.delay_after(ran_for_s=2.0) for _ in range(6)] == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
@@ -35,12 +38,6 @@ def test_a_driver_stuck_outside_its_group_is_replaced(tmp_path):
     """The supervisor, on real Ray actors: a driver that stays outside its consumer group (alive,
     polling, "rebalancing" for good, as kafka-python 3.0.12 was seen to after a broker restart)
     is killed and replaced once ``join_timeout_s`` has passed; a driver in the group is left alone."""
-    import ray
-
-    from cluster.ray_runtime import start_ray, stop_ray
-    from pipelines.config import PipelineConfig
-    from pipelines.runner import Pipeline, PipelineHandles
-
     @ray.remote(num_cpus=0)
     class PollingDriver:
         """Polls for an hour, in its group or stuck "rebalancing" outside it."""
@@ -49,8 +46,6 @@ def test_a_driver_stuck_outside_its_group_is_replaced(tmp_path):
             self.in_group = in_group
 
         async def run(self):
-            import asyncio
-
             await asyncio.sleep(3600)
 
         def membership(self):
@@ -65,7 +60,7 @@ def test_a_driver_stuck_outside_its_group_is_replaced(tmp_path):
             "ingest": {"actors": 2, "join_timeout_s": 5}})
         pipeline = Pipeline(config, kafka=None)
         hung, joined = PollingDriver.remote(in_group=False), PollingDriver.remote()
-        pipeline.handles = PipelineHandles([], None, None, None, [hung, joined], [hung.run.remote(), joined.run.remote()])
+        pipeline.handles = PipelineHandles([], None, None, [hung, joined], [hung.run.remote(), joined.run.remote()])
         pipeline._driver_cls, pipeline._driver_args = PollingDriver, ()
         supervisor = threading.Thread(target=pipeline._supervise, daemon=True)
         supervisor.start()

@@ -17,8 +17,16 @@ import yaml
 from kafka.errors import KafkaError as ClientError
 
 from actors.sink import VerdictSink
-from cluster.kafka import KafkaSettings, LocalKafka, TopicSpec
-from cluster.messages import Verdict, dead_letter_for, dead_letter_from_record, frame_from_record, frame_to_record, verdict_from_record
+from cluster.kafka import KafkaSettings, TopicSpec
+from cluster.local_kafka import LocalKafka
+from cluster.messages import Verdict
+from cluster.records import (
+    dead_letter_for,
+    dead_letter_from_record,
+    frame_from_record,
+    frame_to_record,
+    verdict_from_record,
+)
 from pipelines.commands import kafka_settings_for
 from pipelines.config import parse_config
 from tests.pipeline_support import frame

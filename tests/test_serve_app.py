@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import urllib.error
 import urllib.request
 
 import numpy as np
 import pytest
+from ray import serve
 
-from cluster.kafka import free_port
+from cluster.kafka_broker import free_port
+from cluster.ray_runtime import start_ray, stop_ray
+from cluster.telemetry import read_spans, setup_tracing
 from judo_model.imaging import encode_png
-from judo_model.output import format_target, parse_output
-from judo_model.prompting import Question
+from judo_model.modeling import load_model, save_checkpoint
+from judo_model.runtime.evidence import refine_region
+from judo_model.runtime.prompting import Question
+from judo_model.runtime.output import format_target, parse_output
 from pipelines.config import parse_config
 from pipelines.engines import JudoResult
-from judo_model.training.evidence import refine_region
-from pipelines.serve_app import JudoFrameRequest, verdict_from_result
+from pipelines.serve_app import (APP_NAME, JudoFrameRequest, JudoInference, build_judo_deployment,
+                                 http_request_to_frame_request, verdict_from_result)
 
 
 def request(**overrides) -> JudoFrameRequest:
@@ -55,8 +61,6 @@ def test_normal_answer_gives_a_clean_verdict_and_garbage_gives_a_parse_error():
 
 
 def test_http_request_may_name_the_products_defect_types():
-    from pipelines.serve_app import http_request_to_frame_request
-
     image = base64.b64encode(encode_png(np.zeros((8, 8, 3), np.uint8))).decode()
     req = http_request_to_frame_request({"image": image, "product": "fabric", "defect_types": ["Hole", "Stain"]})
     assert req.defect_types == ["Hole", "Stain"]
@@ -81,18 +85,11 @@ def test_grounded_mask_falls_back_to_boxes_without_a_map():
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     """A real, untrained tiny JUDO (the Serve plumbing does not depend on its answers)."""
-    from judo_model.modeling import load_model, save_checkpoint
-
     model, processor = load_model("tiny")
     return save_checkpoint(model, processor, tmp_path_factory.mktemp("ckpt") / "judo-tiny-untrained")
 
 
 def test_serve_deployment_answers_handles_and_token_protected_http(tiny_checkpoint, tmp_path):
-    from ray import serve
-
-    from cluster.ray_runtime import start_ray, stop_ray
-    from pipelines.serve_app import APP_NAME, build_judo_deployment
-
     port = free_port()
     config = parse_config({
         "lines": [{"id": "l1", "product": "bottle", "cameras": ["c1"]}],
@@ -136,3 +133,28 @@ def test_serve_deployment_answers_handles_and_token_protected_http(tiny_checkpoi
         serve.shutdown()
         if started:
             stop_ray()
+
+
+class SlowEngine:
+    """An engine that takes ``seconds`` per batch: what the ``judo`` span must cover."""
+
+    model_version = "slow@1"
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def infer(self, requests):
+        time.sleep(self.seconds)
+        text = format_target(reasoning="matches the reference", defect=False)
+        return [JudoResult(text, parse_output(text), self.model_version, self.seconds * 1000) for _ in requests]
+
+
+def test_the_judo_span_covers_the_inference(tmp_path):
+    """Trace summaries showed JUDO at under 1 ms: the span was opened after the engine returned."""
+    trace_file = tmp_path / "traces.jsonl"
+    setup_tracing("test.judo", trace_file=trace_file)
+    replica = JudoInference({"checkpoint": "unused"}, engine=SlowEngine(0.2))
+    replica.infer([request(frame_id="slow-1"), request(frame_id="slow-2")])
+    spans = {s["attributes"]["frame_id"]: s for s in read_spans(trace_file) if s["name"] == "judo"}
+    assert set(spans) == {"slow-1", "slow-2"}
+    assert all(span["duration_ms"] >= 200 for span in spans.values()), spans

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from actors.ingest import DecodedFrame, FrameDecoder, OffsetTracker, RecordPosition, Rejected
+from actors.ingest import DecodedFrame, FrameDecoder, Rejected
+from actors.intake import OffsetTracker, RecordPosition
 from actors.routing import Router, UnknownProductError, prefilter_verdict
 from judo_model.imaging import encode_jpeg, encode_png
 from pipelines.config import ConfigError, parse_config

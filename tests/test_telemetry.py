@@ -8,9 +8,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from cluster.telemetry import (
+    TRACE_FILE_ENV,
     JsonLinesSpanExporter,
     context_from_carrier,
     context_to_carrier,
+    exporters_from_env,
     extract_context,
     inject_headers,
     trace_id_hex,
@@ -55,3 +57,30 @@ def test_missing_or_garbage_trace_headers_give_an_empty_context():
     assert trace_id_hex(extract_context([])) == ""
     assert trace_id_hex(extract_context([("traceparent", b"\xff\xfe")])) == ""
     assert trace_id_hex(extract_context([("traceparent", b"00-zz-yy-01")])) == ""
+
+
+def _exporter_kinds(monkeypatch, env: dict[str, str], **kwargs) -> list[str]:
+    for name in ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                 TRACE_FILE_ENV):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return sorted(type(e).__name__ for e in exporters_from_env(kwargs.get("trace_file"), kwargs.get("console")))
+
+
+def test_traces_exporter_none_wins_over_an_otlp_endpoint(monkeypatch):
+    endpoint = "http://127.0.0.1:4318"
+    assert _exporter_kinds(monkeypatch, {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}) == ["OTLPSpanExporter"]
+    assert _exporter_kinds(monkeypatch, {"OTEL_TRACES_EXPORTER": "none",
+                                         "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}) == []
+    assert _exporter_kinds(monkeypatch, {"OTEL_TRACES_EXPORTER": "none",
+                                         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": endpoint + "/v1/traces"}) == []
+    # an explicit exporter list decides; the endpoint only says where OTLP goes
+    assert _exporter_kinds(monkeypatch, {"OTEL_TRACES_EXPORTER": "console",
+                                         "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}) == ["ConsoleSpanExporter"]
+    assert _exporter_kinds(monkeypatch, {"OTEL_TRACES_EXPORTER": "otlp"}) == ["OTLPSpanExporter"]
+
+
+def test_local_trace_file_is_kept_when_traces_exporter_is_none(monkeypatch, tmp_path):
+    kinds = _exporter_kinds(monkeypatch, {"OTEL_TRACES_EXPORTER": "none", TRACE_FILE_ENV: str(tmp_path / "t.jsonl")})
+    assert kinds == ["JsonLinesSpanExporter"]

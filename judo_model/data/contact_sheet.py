@@ -1,11 +1,10 @@
 """Draw ``docs/contact_sheet.png``: for every category a normal image, then each defect and its mask overlay.
 
-Run ``judo data contact-sheet`` (or ``python -m judo_model.data.contact_sheet``) to redraw it.
+Redraw it with ``judo data contact-sheet`` (the command lives in :mod:`judo_model.cli`).
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -55,9 +54,3 @@ def draw_contact_sheet(out: str | Path, seed: int = 0, size: int = 192) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(encode_png(np.asarray(sheet)))
     return out
-
-
-if __name__ == "__main__":
-    from pipelines.cli import main
-
-    sys.exit(main(["data", "contact-sheet", *sys.argv[1:]]))

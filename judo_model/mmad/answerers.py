@@ -1,14 +1,14 @@
-"""Who answers MMAD questions: the protocol, the random baseline and the loader.
+"""Who answers MMAD questions: the protocol and the random baseline.
 
 A model plugs in by implementing :class:`Answerer`. ``answer`` returns free text
 (the scorer extracts the letter as MMAD does) or a :class:`GroundedAnswer` that
 also carries where the model thinks the defect is; the evaluator turns those
 regions into grounding metrics (IoU, pixel AUROC) wherever a ground-truth mask exists.
+JUDO checkpoints and the ``--model`` loader are in :mod:`judo_model.mmad.judo_answerer`.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, Union, runtime_checkable
@@ -102,31 +102,3 @@ class RandomAnswerer:
 
 class AnswererNotAvailable(RuntimeError):
     """The requested answerer cannot be built here; the message says what is missing."""
-
-
-def load_answerer(spec: str, seed: int = 0, data_dir: str | Path | None = None,
-                  questions_file: str = "mmad.json", mode: str = "generate", verdict_first: bool = False) -> Answerer:
-    """``baseline:random`` gives :class:`RandomAnswerer`; anything else is a checkpoint path.
-
-    Checkpoints are loaded by ``judo_model.inference.load_mmad_answerer(path)``, imported
-    only here so that evaluation of baselines needs no model code or weights; ``data_dir``
-    (the evaluated folder) gives checkpoints trained with prefilter evidence their banks;
-    ``verdict_first``: see ``judo_model.inference.JudoMMADAnswerer``.
-    """
-    if spec == RANDOM_BASELINE:
-        return RandomAnswerer(seed)
-    if spec.startswith("baseline:"):
-        raise AnswererNotAvailable(f"unknown baseline {spec!r}; available: {RANDOM_BASELINE}")
-    try:
-        inference = importlib.import_module("judo_model.inference")
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("judo_model.inference",):
-            raise
-        raise AnswererNotAvailable(
-            f"cannot load checkpoint {spec!r}: judo_model.inference is not installed in this tree yet "
-            f"(it must define load_mmad_answerer(path)); use --model {RANDOM_BASELINE} meanwhile"
-        ) from exc
-    loader = getattr(inference, "load_mmad_answerer", None)
-    if loader is None:
-        raise AnswererNotAvailable("judo_model.inference has no load_mmad_answerer(path) function")
-    return loader(Path(spec), mode=mode, data_dir=data_dir, questions_file=questions_file, verdict_first=verdict_first)

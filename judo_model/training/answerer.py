@@ -1,27 +1,28 @@
-"""MMAD answerer for checkpoints trained with juxtaposed evidence.
+"""A JUDO checkpoint shown MMAD images exactly as ``judo train`` showed its training images.
 
-The harness's :class:`judo_model.inference.JudoMMADAnswerer` shows the reference and the
-query only. A checkpoint trained by ``judo train`` may also expect the prefilter's evidence
-(image and note), and was trained on reference and query at :data:`IMAGE_SIDE` px.
-:class:`JuxtaposedJudo` wraps :class:`judo_model.inference.JudoModel` so that the same
-answerer builds exactly the training prompt: it resizes the images and adds the evidence
-(from the data folder's cached maps, or live from the saved PatchCore banks), and refines
-the model's boxes into a mask with the same anomaly map.
+A checkpoint trained by ``judo train`` expects reference and query at
+:data:`judo_model.runtime.inputs.IMAGE_SIDE` px and, where its recipe used them, the prefilter's
+evidence (image and note). :class:`JuxtaposedJudo` wraps :class:`judo_model.runtime.JudoModel`
+to build that prompt (evidence from the data folder's cached maps, or live from saved PatchCore
+banks) and refines the model's boxes into a mask with the same anomaly map
+(:class:`judo_model.mmad.judo_answerer.JudoMMADAnswerer` asks it the questions).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import zlib
 from pathlib import Path
 
 import numpy as np
 
 from judo_model.imaging import load_image
-from judo_model.inference import JudoMMADAnswerer, JudoModel
-from judo_model.training.data import PromptOptions, shown
-from judo_model.training.evidence import (BANKS_FOLDER, BankEvidence, EvidenceCache, evidence_dir, evidence_inputs,
-                                          refine_region)
-from judo_model.training.pipeline import prompt_options_of
+from judo_model.mmad.format import MMADDataset
+from judo_model.runtime.evidence import evidence_inputs, refine_region
+from judo_model.runtime.inference import JudoModel
+from judo_model.runtime.inputs import PromptOptions, shown
+from judo_model.training.evidence import BankEvidence, EvidenceCache
 
 
 def _pixels(image) -> np.ndarray:
@@ -114,8 +115,6 @@ class JuxtaposedJudo:
 
 def mmad_templates(data_dir: str | Path, questions_file: str = "mmad.json"):
     """``"<dataset>/<category>"`` -> the normal template images an MMAD question file names for it."""
-    from judo_model.mmad.format import MMADDataset
-
     by_category: dict[str, list[Path]] = {}
     for item in MMADDataset(data_dir, questions_file):
         paths = by_category.setdefault(f"{item.dataset}/{item.category}", [])
@@ -128,38 +127,6 @@ def mmad_templates(data_dir: str | Path, questions_file: str = "mmad.json"):
 
 def template_banks_dir(data_dir: str | Path) -> Path:
     """Where banks fitted on a folder's templates are kept (outside the user's data folder)."""
-    import hashlib
-    import os
-
     digest = hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:12]
     cache = Path(os.environ.get("JUDO_CACHE", Path.home() / ".cache" / "judo-inspect"))
     return cache / "mmad-banks" / digest
-
-
-def load_juxtaposed_answerer(checkpoint: str | Path, data_dir: str | Path | None = None,
-                             max_new_tokens: int = 96, name: str | None = None, mode: str = "generate",
-                             questions_file: str = "mmad.json", verdict_first: bool = False) -> JudoMMADAnswerer:
-    """An MMAD answerer for a ``judo train`` checkpoint (``verdict_first``: see :class:`JudoMMADAnswerer`).
-
-    Evidence comes from ``data_dir``'s cache and banks when ``judo train`` prepared them
-    there; for any other MMAD-format folder, banks are fitted on its normal templates.
-    """
-    from judo_model.training.evidence import MAPS_FILE, load_evidence
-
-    checkpoint = Path(checkpoint)
-    options = prompt_options_of(checkpoint)
-    cache = banks = None
-    if options.evidence_route:
-        if data_dir is None:
-            raise ValueError(f"{checkpoint} was trained with prefilter evidence; give the data folder")
-        if (evidence_dir(data_dir) / MAPS_FILE).is_file():
-            cache = load_evidence(data_dir)
-            banks = BankEvidence(evidence_dir(data_dir) / BANKS_FOLDER)
-        else:
-            banks = BankEvidence(template_banks_dir(data_dir), mmad_templates(data_dir, questions_file))
-    judo = JuxtaposedJudo(JudoModel.load(checkpoint), options, cache, banks)
-    return JudoMMADAnswerer(judo, name=name or f"judo-{checkpoint.name}", max_new_tokens=max_new_tokens, mode=mode,
-                            verdict_first=verdict_first)
-
-
-__all__ = ["JuxtaposedJudo", "load_juxtaposed_answerer", "mmad_templates"]

@@ -1,25 +1,38 @@
-"""``judo train``: registered into ``judo_model.cli.REGISTRARS``."""
+"""``judo train``: registered into ``judo_model.cli.REGISTRARS``; one flag per recipe option.
+
+A stage's option is ``--<stage>-<option>`` (``--note-steps``, ``--sft-domain-knowledge-prob``), a
+shared one ``--<option>``; ``--evidence-route none`` and ``--no-reference`` switch the evidence and
+the reference image off (ablation rows a and b).
+"""
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 from pathlib import Path
 
-from judo_model.training.recipe import STAGES, Recipe
+from judo_model.runtime.evidence import EVIDENCE_ROUTES
+from judo_model.training.recipe import STAGES, Recipe, option_values
+
+#: Shared options with a flag of their own form.
+_SPECIAL = ("reference", "evidence_route")
+
+
+def _dest(stage: str | None, name: str) -> str:
+    return name if stage is None else f"{stage}_{name}"
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    # CLI start-up: training loads torch, transformers and TRL; `judo kafka status` must not pay for them
     from judo_model.training.pipeline import train
-
     if args.preset != "tiny":
         raise SystemExit("only --preset tiny trains here (the 3B/7B presets need a GPU host and local weights)")
-    overrides = {f.name: getattr(args, f.name) for f in fields(Recipe) if getattr(args, f.name, None) is not None}
-    if args.evidence_route == "none":
-        overrides["evidence_route"] = None
+    values = {key: getattr(args, _dest(*key)) for key, _ in option_values(Recipe())
+              if key[1] not in _SPECIAL and getattr(args, _dest(*key)) is not None}
+    if args.evidence_route is not None:
+        values[None, "evidence_route"] = None if args.evidence_route == "none" else args.evidence_route
     if args.no_reference:
-        overrides["reference"] = False
-    recipe = Recipe(**overrides)
+        values[None, "reference"] = False
+    recipe = Recipe().with_values(values)
     log = train(args.data, args.out, stage=args.stage, recipe=recipe, init=args.init, curves_png=args.curves,
                 train_file=args.train_file)
     for stage in log.stages:
@@ -49,7 +62,7 @@ def _arg_type(default):
 
 
 def register_train(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("train", help="train JUDO: Stage 1 seg, Stage 2 SFT, Stage 3 GRPO")
+    parser = subparsers.add_parser("train", help="train JUDO: Stage 0 notes, 1 seg, 2 SFT, 3 GRPO")
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--stage", choices=[*STAGES, "all"], default="all")
     parser.add_argument("--data", type=Path, required=True, help="synthetic MMAD-format folder (judo data synth)")
@@ -57,11 +70,12 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--init", type=Path, help="start from this checkpoint (required for --stage grpo)")
     parser.add_argument("--curves", type=Path, help="PNG of the loss / reward curves")
     parser.add_argument("--train-file", default="mmad_train.json")
-    parser.add_argument("--evidence-route", choices=["heat", "heat_crop", "heat_crop_text", "none"], default=None)
+    parser.add_argument("--evidence-route", choices=[*EVIDENCE_ROUTES, "none"], default=None)
     parser.add_argument("--no-reference", action="store_true", help="ablation: no juxtaposed normal reference")
-    for f in fields(Recipe):
-        if f.name in ("evidence_route", "reference"):
+    for (stage, name), default in option_values(Recipe()):
+        if name in _SPECIAL:
             continue
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, help=f"(default {f.default})",
-                            type=_arg_type(f.default))
+        dest = _dest(stage, name)
+        parser.add_argument("--" + dest.replace("_", "-"), dest=dest, default=None, help=f"(default {default})",
+                            type=_arg_type(default))
     parser.set_defaults(func=_run_train)

@@ -1,7 +1,7 @@
 """Training examples for the three JUDO stages, built from an MMAD-format synthetic folder.
 
 One :class:`Example` is one query image with its MMAD questions (none in Stage 1). Every target is
-written by :func:`judo_model.output.format_target`: a short comparison, the verdict with
+written by :func:`judo_model.runtime.output.format_target`: a short comparison, the verdict with
 the defect type, the defect boxes from the ground-truth mask (``[]`` for normal images)
 and the answer as option *content*, never a letter.
 
@@ -13,25 +13,23 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from judo_model.data.knowledge import CATEGORY_FACTS, defect_title
+from judo_model.data.knowledge import defect_title
 from judo_model.data.questions import REGIONS, region_of
 from judo_model.imaging import load_image, load_mask
 from judo_model.mmad.format import DEFECT_QUESTION_TYPES, MMADDataset, MMADItem
-from judo_model.output import format_target, largest_boxes
-from judo_model.prompting import JudoPrompt, Question, build_prompt
-from judo_model.training.evidence import (DEFAULT_ROUTE, EvidenceCache, EvidenceInputs, hottest_boxes,
-                                          route_shows_note)
+from judo_model.runtime.evidence import (HINT_FORMAT, MAX_SCORE_RATIO, NOTE_FORMAT, EvidenceInputs, hottest_boxes,
+                                         route_shows_note)
+from judo_model.runtime.inputs import PromptOptions, shown
+from judo_model.runtime.output import CONTRACT_INSTRUCTIONS, format_target, largest_boxes
+from judo_model.runtime.prompting import IMAGE_ROLES, JudoPrompt, Question, build_prompt
+from judo_model.training.evidence import EvidenceCache
 
-#: Side the reference and query are shown at (4x4 merged visual tokens each).
-IMAGE_SIDE = 112
 MAX_BOXES = 3
 MIN_BLOB_FRACTION = 0.002
 #: Box IoU from which a target box keeps the evidence note's box verbatim.
@@ -106,11 +104,6 @@ def _mask(path: str) -> np.ndarray:
     return load_mask(path)
 
 
-def shown(image: np.ndarray) -> Image.Image:
-    """An image as the model sees it: RGB at :data:`IMAGE_SIDE` px."""
-    return Image.fromarray(image).resize((IMAGE_SIDE, IMAGE_SIDE), Image.BICUBIC)
-
-
 def ground_truth_mask(example: Example) -> np.ndarray:
     if example.mask_key:
         return _mask(str(example.root / example.mask_key))
@@ -179,36 +172,20 @@ def defect_titles(examples: list[Example]) -> list[str]:
     return sorted({defect_title(e.category, e.defect) for e in examples if e.defect})
 
 
-def shows_note(options: "PromptOptions", evidence: EvidenceCache | None) -> bool:
+def shows_note(options: PromptOptions, evidence: EvidenceCache | None) -> bool:
     return evidence is not None and route_shows_note(options.evidence_route)
 
 
-def evidence_hint(example: Example, options: "PromptOptions", evidence: EvidenceCache | None):
+def evidence_hint(example: Example, options: PromptOptions, evidence: EvidenceCache | None):
     """The box the prompt's evidence note names for ``example`` (None if the prompt has no note)."""
     if not shows_note(options, evidence):
         return None
     return hottest_boxes(evidence.anomaly_map(example.key), evidence.threshold(example.key))[0]
 
 
-def note_type(example: Example, options: "PromptOptions", evidence: EvidenceCache | None) -> str | None:
+def note_type(example: Example, options: PromptOptions, evidence: EvidenceCache | None) -> str | None:
     """The defect type the prompt's evidence note names for ``example`` (None: no note or no hint)."""
     return evidence.hints.get(example.key) if shows_note(options, evidence) else None
-
-
-@dataclass
-class PromptOptions:
-    """Which juxtaposed inputs a stage shows (the ablation switches these)."""
-
-    reference: bool = True
-    evidence_route: str | None = DEFAULT_ROUTE
-    domain_knowledge_prob: float = 0.0
-    knowledge: dict = field(default_factory=dict)
-    #: the evidence note also names the known product the image looks most like
-    product_note: bool = False
-
-    def describe(self) -> dict:
-        return {"reference": self.reference, "evidence_route": self.evidence_route,
-                "domain_knowledge_prob": self.domain_knowledge_prob, "product_note": self.product_note}
 
 
 def knowledge_text(root: str | Path, category: str) -> str | None:
@@ -219,34 +196,9 @@ def knowledge_text(root: str | Path, category: str) -> str | None:
     return "\n".join(entry.values()) if entry else None
 
 
-def names_product(example: Example, options: PromptOptions, evidence: EvidenceCache | None) -> bool:
-    """Whether the prompt's evidence note names a product for ``example``."""
-    return (shows_note(options, evidence) and options.product_note
-            and evidence.products.get(example.key) is not None)
-
-
-def with_products_renamed(example: Example, names: Mapping[str, str]) -> Example:
-    """``example`` with the products its Object Classification options name renamed by ``names``
-    (same letters; names not in ``names`` stay)."""
-    questions = tuple(
-        replace(question, options={letter: names.get(text, text) for letter, text in question.options.items()})
-        if kind == "Object Classification" else question
-        for question, kind in zip(example.questions, example.question_types))
-    return replace(example, questions=questions)
-
-
-def untrained_product_names(examples: Sequence[Example]) -> list[str]:
-    """Catalogue products that no training image shows (MMAD-style questions still offer them as
-    wrong options, which would teach a model that their names are never the answer)."""
-    trained = {example.category for example in examples}
-    return sorted(facts.display_name for category, facts in CATEGORY_FACTS.items() if category not in trained)
-
-
 def example_prompt(example: Example, options: PromptOptions, evidence: EvidenceCache | None,
-                   rng: random.Random | None = None, use_knowledge: bool | None = None,
-                   product_shown_as: str | None = None) -> JudoPrompt:
-    """The juxtaposed prompt of ``example`` (reference: a random template when ``rng`` is given;
-    ``product_shown_as`` renames the product the note names)."""
+                   rng: random.Random | None = None, use_knowledge: bool | None = None) -> JudoPrompt:
+    """The juxtaposed prompt of ``example`` (reference: a random template when ``rng`` is given)."""
     query = _pixels(str(example.root / example.key))
     reference = None
     if options.reference and example.references:
@@ -256,8 +208,7 @@ def example_prompt(example: Example, options: PromptOptions, evidence: EvidenceC
     if options.evidence_route:
         if evidence is None:
             raise ValueError("this stage needs cached evidence maps (run prepare_evidence first)")
-        evidence_shown = evidence.inputs(example.key, query, options.evidence_route, options.product_note,
-                                         product_shown_as)
+        evidence_shown = evidence.inputs(example.key, query, options.evidence_route, options.product_note)
     if use_knowledge is None:
         use_knowledge = rng is not None and rng.random() < options.domain_knowledge_prob
     knowledge = knowledge_text(example.root, example.category) if use_knowledge else None
@@ -321,11 +272,6 @@ def tokenizer_corpus_texts(root: str | Path, files: tuple[str, ...] = ("mmad_tra
     Whole prompts (instructions, image roles, questions, options) go in so that the fixed
     prompt text becomes few, long tokens, which is most of the training compute saved.
     """
-    from judo_model.prompting import IMAGE_ROLES
-    from judo_model.output import CONTRACT_INSTRUCTIONS
-
-    from judo_model.training.evidence import HINT_FORMAT, MAX_SCORE_RATIO, NOTE_FORMAT
-
     texts = [CONTRACT_INSTRUCTIONS, *IMAGE_ROLES.values()] * 50
     texts += [NOTE_FORMAT.format(ratio=tenths / 10, side=side, box=[0, 0, 25, 25])
               for tenths in range(int(MAX_SCORE_RATIO * 10) + 1) for side in ("above", "below")]

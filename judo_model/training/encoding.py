@@ -1,4 +1,4 @@
-"""Fast training encoding: :func:`judo_model.prompting.encode_for_training`, with image caching.
+"""Fast training encoding: :func:`judo_model.runtime.prompting.encode_for_training`, with image caching.
 
 Training shows the same few hundred images thousands of times; running Qwen's image
 processor on each of them every step costs more than the tiny model's forward pass. This
@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from transformers import BatchFeature
 
-from judo_model.prompting import IGNORE_INDEX, JudoPrompt, prompt_text
+from judo_model.runtime.prompting import IGNORE_INDEX, JudoPrompt, prompt_text
 
 IMAGE_TOKEN = "<|image_pad|>"
 
@@ -49,20 +49,16 @@ class CachedEncoder:
             out.append(part)
         return "".join(out)
 
-    def encode(self, prompt: JudoPrompt, target: str | None = None, learn_from: int = 0) -> BatchFeature:
-        """Model inputs for ``prompt``; with ``target``, also ``labels`` on the assistant turn only,
-        from its character ``learn_from`` on (what comes before it is given, not learned)."""
+    def encode(self, prompt: JudoPrompt, target: str | None = None) -> BatchFeature:
+        """Model inputs for ``prompt``; with ``target``, also ``labels`` on the assistant turn only."""
         images = [self.image(image) for image in prompt.images]
         grids = [g for _, g in images]
         prefix = self._expand(prompt_text(self.processor, prompt), [g[0] for g in grids])
-        if target is not None:
-            prefix += target[:learn_from]
         prefix_ids = self.tokenizer(prefix, add_special_tokens=False)["input_ids"]
         if target is None:
             ids = torch.tensor([prefix_ids])
         else:
-            ids = torch.tensor([self.tokenizer(prefix + target[learn_from:] + "<|im_end|>",
-                                               add_special_tokens=False)["input_ids"]])
+            ids = torch.tensor([self.tokenizer(prefix + target + "<|im_end|>", add_special_tokens=False)["input_ids"]])
             if ids[0, : len(prefix_ids)].tolist() != prefix_ids:
                 raise ValueError("prompt tokens change when the target is appended; cannot mask the prompt")
         batch = {

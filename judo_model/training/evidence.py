@@ -1,36 +1,13 @@
-"""Pretrained visual evidence for JUDO: the prefilter's anomaly maps, cached and rendered.
+"""The prefilter's anomaly maps for training: banks fitted per category, maps cached once.
 
-This is the one module of ``judo_model`` that imports the prefilter core
-(:mod:`actors.prefilter`, plain Python: EfficientNet-Lite0 + faiss, no Ray, no Kafka).
-It fits one PatchCore bank per category on the category's normal train images,
-calibrates it on the normal validation images, scores every image of the dataset and
-caches the anomaly maps to ``DATA/evidence/maps.npz`` (plus ``index.json``), so that
-training never recomputes them.
-
-Normal *train* images are the bank's own fit set; scoring them with that bank would
-give near-zero maps that never occur at test time, so they are scored out-of-fold
-(two banks, each fitted on the other half).
-
-:func:`render_evidence` turns a map into the third juxtaposed image:
-
-- ``heat``: the map divided by the category's calibrated threshold, as a heat image
-  (black: like normal samples; yellow/white: beyond the routing threshold);
-- ``heat_crop``: the heat image beside a 3x zoomed crop of the query centred on the
-  hottest location, so even a small from-scratch vision tower sees the defect large;
-- ``heat_crop_text`` (default): ``heat_crop`` plus the same evidence in words
-  (:func:`evidence_note`: the score relative to the routing threshold, whether that is above
-  or below it, the hottest region as a box in the output contract's coordinates and, where
-  the product has labelled defect examples, the type the anomaly looks most like, by the
-  name answers use for it (:class:`actors.references.DefectExemplars`). A tiny model reads a word and copies a box
-  far sooner than it learns to read them off 4x4 visual tokens; a 7B reads both.
-
-The defect exemplars are the category's labelled training defects; a training image that is
-one of them is labelled by the others (leave one out), and one training image in
-:data:`HINT_DROPOUT` gets no hint at all, so the model also answers for products without a
-library (an MMAD folder has none).
-
-:func:`refine_region` is the other direction: the model's boxes, cut down to the pixels the
-anomaly map marks inside them, are the verdict's mask.
+:func:`prepare_evidence` fits one PatchCore bank per category on its normal train images,
+calibrates it on the normal validation images, scores every image of the dataset and caches the
+maps to ``DATA/evidence/maps.npz`` (plus ``index.json``), so training never recomputes them.
+Normal *train* images are the bank's own fit set, so they are scored out-of-fold
+(:data:`TRAIN_MAP_FOLDS`). Labelled training defects become per-category defect exemplars
+(the note's defect hint, leave one out), normal training images the known-product library.
+:class:`BankEvidence` scores images outside the cache live from the saved banks.
+How the maps are shown to the model is :mod:`judo_model.runtime.evidence`.
 """
 
 from __future__ import annotations
@@ -42,41 +19,23 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
 
-from judo_model.imaging import load_image, peak_crop_box, resize_map
-from judo_model.output import Box, boxes_to_mask, largest_boxes
+from judo_model.data.knowledge import defect_title, product_title
+from judo_model.imaging import load_image
+from judo_model.prefilter.bank_format import BANK_META
+from judo_model.prefilter.calibration import CellLevels, heldout_normal_grids
+from judo_model.prefilter.features import BackboneConfig, FeatureExtractor
+from judo_model.prefilter.patchcore import PatchCoreBank, PatchCoreConfig
+from judo_model.prefilter.references import DEFECTS_SUBDIR, REFERENCES_SUBDIR, DefectExemplars, ProductExemplars
+from judo_model.prefilter.scorer import PrefilterScorer
+from judo_model.runtime.evidence import DEFAULT_ROUTE, EvidenceInputs, evidence_inputs
 
-EVIDENCE_ROUTES = ("heat", "heat_crop", "heat_crop_text")
-DEFAULT_ROUTE = "heat_crop_text"
-#: A route with this suffix also gives the evidence in words (the note) after its image.
-NOTE_SUFFIX = "_text"
-PANEL = 112  # side of one evidence panel in pixels (4x4 merged visual tokens)
-CROP_FRACTION = 1 / 3  # side of the zoomed crop relative to the query's short side
-HEAT_FLOOR = 0.7  # map / threshold below which the heat image is black
-HEAT_SATURATION = 1.5  # map / threshold at which the heat image is white
-HOT_FRACTION = 0.8  # the hottest region: map >= this x its peak (and >= this x the threshold)
-MAX_SCORE_RATIO = 9.9  # score / threshold is written with one decimal, capped here
-NOTE_FORMAT = "Prefilter: anomaly score {ratio:.1f} x threshold ({side}), hottest at {box}."
-HINT_FORMAT = " Nearest labelled defect: {label}."
 HINT_DROPOUT = 5  # one training image in this many is shown without the defect hint
-PRODUCT_FORMAT = " Nearest known product: {name}."
-#: :func:`refine_region` keeps the pixels of the model's boxes above this share of the anomaly map's
-#: range inside them: chosen by ``benchmarks/judo_ablation.py region-cut`` on the validation split's
-#: defective images (mean IoU 0.463 at 0.6 vs 0.445 at 0.5 for the shipped checkpoint; best for the
-#: previous one too), never on a test image.
-REGION_CUT = 0.6
-#: 2: labelled-defect hints in the index; 3: hints by their answer names; 4: exemplar format 2; 5: products;
-#: 6: exemplar format 3 (deeper blocks, closer crops); 7: exemplar format 4, training normals' maps
-#: from :data:`TRAIN_MAP_FOLDS` folds; 8: banks divide by cell levels where that tells the labelled
-#: training defects apart better (``PatchCoreConfig.position_norm``), training normals' maps by
-#: leave-one-out levels
+#: bumped whenever the cached maps or exemplars change meaning (history: docs/judo_model.md)
 EVIDENCE_VERSION = 8
 #: a normal training image's map comes from a bank fitted on the other folds' images: it must not
 #: be in the bank that scores it, and the bank should be nearly as large as the one that scores
-#: every other image. With halves, the notes of 13.5 % of the synthetic training normals said
-#: "above" against 0 % of the validation and 2.1 % of the test normals (8 folds: 6.9 %), so Stages
-#: 0-2 read "above" on normal images far more often than inference shows it.
+#: every other image (fewer folds over-report "above" on training normals; docs/judo_model.md)
 TRAIN_MAP_FOLDS = 8
 MAPS_FILE = "maps.npz"
 INDEX_FILE = "index.json"
@@ -108,126 +67,18 @@ class EvidenceCache:
         return self.defect_types.get(key.split("/")[1])
 
     def inputs(self, key: str, query: np.ndarray, route: str = DEFAULT_ROUTE,
-               with_product: bool = False, product_shown_as: str | None = None) -> "EvidenceInputs":
-        """The evidence shown for ``key``; ``product_shown_as`` renames the product where the note names one."""
+               with_product: bool = False) -> "EvidenceInputs":
+        """The evidence shown for ``key`` (with ``with_product``, the note names the nearest known product)."""
         product = self.products.get(key) if with_product else None
-        return evidence_inputs(query, self.anomaly_map(key), self.threshold(key), route, self.hints.get(key),
-                               product_shown_as if product and product_shown_as else product)
-
-
-@dataclass(frozen=True)
-class EvidenceInputs:
-    """What a prompt shows of the prefilter's evidence: the evidence image and/or its note."""
-
-    image: Image.Image | None = None
-    note: str | None = None
+        return evidence_inputs(query, self.anomaly_map(key), self.threshold(key), route, self.hints.get(key), product)
 
 
 def evidence_dir(data_dir: str | Path) -> Path:
     return Path(data_dir) / "evidence"
 
 
-def heat_image(normalized: np.ndarray) -> np.ndarray:
-    """``map / threshold`` as a black-red-yellow-white uint8 heat image.
-
-    The colour ramp starts at :data:`HEAT_FLOOR` x threshold (black below: what normal
-    samples look like) and is white at :data:`HEAT_SATURATION` x threshold, so a score near
-    the routing threshold is the visual edge the small vision tower has to learn.
-    """
-    v = np.clip((normalized - HEAT_FLOOR) / (HEAT_SATURATION - HEAT_FLOOR), 0.0, 1.0)
-    rgb = np.stack([np.clip(3 * v, 0, 1), np.clip(3 * v - 1, 0, 1), np.clip(3 * v - 2, 0, 1)], axis=-1)
-    return (rgb * 255).astype(np.uint8)
-
-
-def render_evidence(query: np.ndarray, anomaly_map: np.ndarray, threshold: float,
-                    route: str = DEFAULT_ROUTE) -> Image.Image:
-    """The evidence image for one query (``route`` in :data:`EVIDENCE_ROUTES`)."""
-    if route not in EVIDENCE_ROUTES:
-        raise ValueError(f"unknown evidence route {route!r}; expected one of {EVIDENCE_ROUTES}")
-    query = np.asarray(query)
-    anomaly_map = resize_map(anomaly_map, *query.shape[:2])
-    heat = Image.fromarray(heat_image(anomaly_map / max(threshold, 1e-6))).resize((PANEL, PANEL), Image.BILINEAR)
-    if route == "heat":
-        return heat
-    top, left, bottom, right = peak_crop_box(anomaly_map, CROP_FRACTION)
-    crop = Image.fromarray(np.ascontiguousarray(query[top:bottom, left:right, :3])).resize((PANEL, PANEL),
-                                                                                          Image.BICUBIC)
-    canvas = Image.new("RGB", (2 * PANEL, PANEL))
-    canvas.paste(heat, (0, 0))
-    canvas.paste(crop, (PANEL, 0))
-    return canvas
-
-
-def hottest_boxes(anomaly_map: np.ndarray, threshold: float, count: int = 1) -> list[Box]:
-    """Snapped 0-1000 boxes around the map's hottest region (never empty)."""
-    anomaly_map = np.asarray(anomaly_map, dtype=np.float32)
-    level = max(HOT_FRACTION * float(anomaly_map.max()), HOT_FRACTION * threshold)
-    hot = anomaly_map >= level
-    if not hot.any():
-        hot = anomaly_map >= anomaly_map.max()
-    return largest_boxes(hot, count)
-
-
-def evidence_note(anomaly_map: np.ndarray, threshold: float, defect_hint: str | None = None,
-                  product: str | None = None) -> str:
-    """The prefilter's evidence in words: score / threshold, above or below it, the hottest
-    region's box and, when given, the labelled defect the anomaly looks most like and the known
-    product the image looks most like."""
-    score = float(np.max(anomaly_map)) / max(threshold, 1e-6)
-    return format_note(score, hottest_boxes(anomaly_map, threshold)[0], defect_hint, product)
-
-
-def note_says_above(score_ratio: float) -> bool:
-    """Whether a note calls a score / threshold ratio above the prefilter's routing threshold."""
-    return score_ratio > 1.0
-
-
-def format_note(score_ratio: float, box: Box, defect_hint: str | None = None, product: str | None = None) -> str:
-    """The note's words for a score / threshold ratio, a hottest box, an optional defect hint and
-    an optional product (last, so that Stage 0's notes are a prefix of the full note)."""
-    side = "above" if note_says_above(score_ratio) else "below"
-    note = NOTE_FORMAT.format(ratio=min(score_ratio, MAX_SCORE_RATIO), side=side, box=list(box))
-    note += HINT_FORMAT.format(label=defect_hint) if defect_hint else ""
-    return note + PRODUCT_FORMAT.format(name=product) if product else note
-
-
-def route_shows_note(route: str | None) -> bool:
-    """Whether an evidence route puts the prefilter's note in the prompt."""
-    return (route or "").endswith(NOTE_SUFFIX)
-
-
-def evidence_inputs(query: np.ndarray, anomaly_map: np.ndarray, threshold: float,
-                    route: str | None = DEFAULT_ROUTE, defect_hint: str | None = None,
-                    product: str | None = None) -> EvidenceInputs:
-    """The evidence image (and note, for ``*_text`` routes) of one query; nothing if ``route`` is None."""
-    if not route:
-        return EvidenceInputs()
-    image_route = route.removesuffix(NOTE_SUFFIX)
-    note = evidence_note(anomaly_map, threshold, defect_hint, product) if route_shows_note(route) else None
-    return EvidenceInputs(render_evidence(query, anomaly_map, threshold, image_route), note)
-
-
-def refine_region(boxes: Sequence[Box], height: int, width: int, anomaly_map: np.ndarray | None,
-                  cut: float = REGION_CUT) -> np.ndarray:
-    """The model's region refined by the anomaly map: the pixels inside the boxes above ``cut`` of
-    the map's range there.
-
-    Boxes are coarse (25-unit grid) and defects are often thin, so the box alone overstates
-    the defect; falls back to the filled boxes when there is no map or nothing inside.
-    """
-    region = boxes_to_mask(boxes, height, width)
-    if anomaly_map is None or not region.any():
-        return region
-    amap = resize_map(anomaly_map, height, width)
-    inside = amap[region]
-    refined = region & (amap >= inside.min() + cut * (inside.max() - inside.min()))
-    return refined if refined.any() else region
-
-
 def _fit_category(root: Path, category: str, entries: Sequence[dict], extractor, out: Path, progress):
     """Fit and save one category's bank and defect exemplars; return ({key: map}, threshold, {key: hint})."""
-    from actors.prefilter import CellLevels, PatchCoreBank, PatchCoreConfig, PrefilterScorer, heldout_normal_grids
-
     def frames(rows):
         return [load_image(root / e["key"]) for e in rows]
 
@@ -263,9 +114,6 @@ def _defect_hints(root: Path, category: str, entries: Sequence[dict], maps: dict
     """Build the category's defect exemplars from its labelled training defects (saved beside its
     bank) and label every image by them: exemplars leave themselves out; no hint for the training
     images :data:`HINT_DROPOUT` picks, nor for any image when there are no labelled defects."""
-    from actors.references import DEFECTS_SUBDIR, REFERENCES_SUBDIR, DefectExemplars
-    from judo_model.data.knowledge import defect_title
-
     library = [e for e in entries if e["split"] == "train" and e["label"] != "good"]
     if not library:
         return {}
@@ -293,8 +141,6 @@ def dropped(key: str, split: str, salt: str = "") -> bool:
 
 def prepare_evidence(data_dir: str | Path, progress=lambda category: None, force: bool = False) -> Path:
     """Fit banks and cache the anomaly map of every image in ``DATA/splits.json``; returns the folder."""
-    from actors.features import BackboneConfig, FeatureExtractor
-
     root = Path(data_dir)
     out = evidence_dir(root)
     if (out / MAPS_FILE).is_file() and (out / INDEX_FILE).is_file() and not force:
@@ -338,9 +184,6 @@ def _product_names(root: Path, entries: Sequence[dict], extractor, out: Path) ->
 
 def build_product_library(paths: Sequence[Path], categories: Sequence[str], keys: Sequence[str], extractor):
     """The known-product library: each category's normal images, named by the product's title."""
-    from actors.references import ProductExemplars
-    from judo_model.data.knowledge import product_title
-
     return ProductExemplars.build_products([load_image(path) for path in paths],
                                            [product_title(category) for category in categories], list(keys), extractor)
 
@@ -355,8 +198,6 @@ def load_evidence(data_dir: str | Path) -> EvidenceCache:
 
 def _library_types(banks_dir: Path, categories) -> dict[str, list[str]]:
     """Per category, the types of the defect exemplar library saved beside its bank."""
-    from actors.references import DEFECTS_SUBDIR, REFERENCES_SUBDIR, DefectExemplars
-
     libraries = {category: banks_dir / category / REFERENCES_SUBDIR / DEFECTS_SUBDIR for category in categories}
     types = {category: DefectExemplars.load(folder).types for category, folder in libraries.items() if folder.is_dir()}
     return {category: names for category, names in types.items() if names}
@@ -381,14 +222,10 @@ class BankEvidence:
 
     def products(self):
         """The library of known products: ``prepare_evidence``'s beside the banks, else built on the templates."""
-        from actors.references import ProductExemplars
-
         if self._products is None:
             folder = self.banks_dir.parent / PRODUCTS_FOLDER if self.templates is None \
                 else self.banks_dir / PRODUCTS_FOLDER
             if not folder.is_dir() and self.templates:
-                from actors.features import BackboneConfig, FeatureExtractor
-
                 named = [(path, name.split("/")[-1]) for name, paths in self.templates.items() for path in paths]
                 build_product_library([path for path, _ in named], [category for _, category in named],
                                       [str(path) for path, _ in named],
@@ -397,8 +234,6 @@ class BankEvidence:
         return self._products or None
 
     def scorer(self, name: str):
-        from actors.prefilter import BANK_META, PrefilterScorer
-
         if name not in self._scorers:
             folder = self.banks_dir / name
             if not (folder / BANK_META).is_file():
@@ -411,8 +246,6 @@ class BankEvidence:
 
     def exemplars(self, name: str):
         """The bank's labelled defect exemplars, or None where it has none (an MMAD folder's banks)."""
-        from actors.references import DEFECTS_SUBDIR, REFERENCES_SUBDIR, DefectExemplars
-
         if name not in self._exemplars:
             folder = self.banks_dir / name / REFERENCES_SUBDIR / DEFECTS_SUBDIR
             self._exemplars[name] = DefectExemplars.load(folder) if folder.is_dir() else None

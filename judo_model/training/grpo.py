@@ -1,25 +1,12 @@
-"""Stage 3: GRPO with TRL's ``GRPOTrainer`` and JUDO's three reward callables.
+"""Stage 3: GRPO with TRL's ``GRPOTrainer``, JUDO's three reward callables and guided sampling.
 
-The dataset is conversational, as TRL's VLM path expects (TRL 1.16,
-``GRPOTrainer._prepare_inputs`` / ``_tokenize_prompts``): ``prompt`` holds the
-:func:`judo_model.prompting.build_prompt` messages with ``{"type": "image"}``
-placeholders, ``images`` the juxtaposed images in placeholder order (reference, query,
-evidence); TRL injects the images into the placeholders, renders the chat template with
-the JUDO processor and passes ``pixel_values`` / ``image_grid_thw`` to generation and to
-the policy / reference log-probabilities. The remaining columns (``answer``,
-``options``, ``mask``, ``gt_boxes``, ``empty_region_reward``, ``guide``) reach the rewards as
-keyword arguments; ``guide`` is read by the guided trainer, the others by the rewards.
-
-With ``guided`` (the recipe's ``grpo_guided``) completions are sampled as JUDO answers at
-inference: the verdict's type among the product's labelled types and each answer among its
-options (:class:`judo_model.inference.ChoiceConstraint`, per row of the sampled batch); the
-reasoning, verdict and region are sampled freely. Free sampling spends updates on writing valid
-option text, which guided inference never needs (measured on the shipped tiny model's training
-prompts: free samples answered 59 % right over the first 20 steps, guided samples 76 %).
-
-``options`` is stored as JSON text (Arrow would otherwise turn the per-question
-``{letter: text}`` dicts of different sizes into one struct padded with nulls);
-:func:`json_options` decodes it before calling the unchanged reward functions.
+The dataset is conversational, as TRL's VLM path expects (TRL 1.16): ``prompt`` holds the
+:func:`judo_model.runtime.prompting.build_prompt` messages with ``{"type": "image"}`` placeholders,
+``images`` the juxtaposed images in placeholder order; TRL fills the placeholders, renders the chat
+template with the JUDO processor and passes the pixels to generation and to the log-probabilities.
+``answer``, ``options``, ``mask`` and ``gt_boxes`` reach the rewards as keyword arguments; ``guide``
+is read by :class:`GuidedGRPOTrainer`, which samples the verdict's type and each answer among their
+choices, as inference decodes them (docs/judo_training.md, "GRPO with TRL").
 """
 
 from __future__ import annotations
@@ -29,23 +16,24 @@ import random
 import time
 from functools import wraps
 
+from datasets import Dataset
 from transformers import LogitsProcessorList
+from trl import GRPOConfig, GRPOTrainer
 
-from judo_model.inference import ChoiceConstraint, RowChoiceConstraints
 from judo_model.rewards import JUDO_REWARD_FUNCTIONS
-from judo_model.training.data import (
-    BalancedSampler,
-    Example,
-    PromptOptions,
-    example_prompt,
-    ground_truth_mask,
-    target_boxes,
-)
+from judo_model.runtime.constraints import ChoiceConstraint, RowChoiceConstraints
+from judo_model.runtime.inputs import PromptOptions
+from judo_model.training.data import BalancedSampler, Example, example_prompt, ground_truth_mask, target_boxes
+from judo_model.training.recipe import GrpoStage
 from judo_model.training.sft import Curve
+
+#: Longest completion sampled (the contract with one answer fits in about 60 tokens).
+MAX_COMPLETION_LENGTH = 80
 
 
 def json_options(reward):
-    """``reward`` with the ``options`` column decoded from JSON text (same name, same result)."""
+    """``reward`` with the ``options`` column decoded from JSON text (Arrow would pad the
+    differently sized option dicts into one struct; same name, same result)."""
 
     @wraps(reward)
     def wrapped(completions, **kwargs):
@@ -56,17 +44,8 @@ def json_options(reward):
     return wrapped
 
 
-#: what the segmentation reward compares a region with: the defect's pixels, or the boxes Stages 1
-#: and 2 teach the model to write (thin defects cap a box's IoU with the mask near 0.4, so with
-#: ``mask`` a perfect defect answer earns far less than a perfect "no defect")
-REGION_TRUTHS = ("mask", "boxes")
-
-
-def grpo_rows(examples: list[Example], options: PromptOptions, evidence, count: int, seed: int = 0,
-              region_truth: str = "mask", empty_region_reward: float = 1.0) -> list[dict]:
-    """``count`` balanced single-question prompts with the reward columns."""
-    if region_truth not in REGION_TRUTHS:
-        raise ValueError(f"region_truth must be one of {REGION_TRUTHS}, got {region_truth!r}")
+def grpo_rows(examples: list[Example], options: PromptOptions, evidence, count: int, seed: int = 0) -> list[dict]:
+    """``count`` balanced single-question prompts with the reward and guide columns."""
     sampler = BalancedSampler(examples, seed=seed, single_question=1.0)
     rng = random.Random(seed)
     rows = []
@@ -79,75 +58,61 @@ def grpo_rows(examples: list[Example], options: PromptOptions, evidence, count: 
             "images": prompt.images,
             "answer": example.answer_letters[0],
             "options": json.dumps(example.questions[0].options),
-            "mask": str(example.root / example.mask_key) if example.mask_key and region_truth == "mask" else "",
+            "mask": str(example.root / example.mask_key) if example.mask_key else "",
             "gt_boxes": [list(b) for b in target_boxes(mask)] if mask.any() else [],
-            "empty_region_reward": empty_region_reward,
             "guide": json.dumps({"defect_types": evidence.defect_types_of(example.key) if evidence else None,
                                  "answer_options": list(example.questions[0].options.values())}),
         })
     return rows
 
 
-def guided_trainer_class():
-    """TRL's ``GRPOTrainer`` whose sampling follows each row's ``guide`` column (built lazily: TRL is
-    imported only where Stage 3 runs)."""
-    from trl import GRPOTrainer
+class GuidedGRPOTrainer(GRPOTrainer):
+    """TRL's ``GRPOTrainer`` whose sampling follows each row's ``guide`` column."""
 
-    class GuidedGRPOTrainer(GRPOTrainer):
-        def _generate_and_score_completions(self, inputs):
-            self._row_guides = [json.loads(row["guide"]) for row in inputs]
-            return super()._generate_and_score_completions(inputs)
+    def _generate_and_score_completions(self, inputs):
+        self._row_guides = [json.loads(row["guide"]) for row in inputs]
+        return super()._generate_and_score_completions(inputs)
 
-        def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations,
-                                  has_tool_images=False):
-            model = self.accelerator.unwrap_model(self.model)
-            tokenizer = self.processing_class.tokenizer
-            generate = model.generate
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        model = self.accelerator.unwrap_model(self.model)
+        tokenizer = self.processing_class.tokenizer
+        generate = model.generate
 
-            def guided_generate(*args, **kwargs):
-                length = kwargs["input_ids"].shape[1]  # prompts are left-padded to one length
-                constraints = [ChoiceConstraint.for_output(tokenizer, length, **guide) for guide in self._row_guides]
-                kwargs["logits_processor"] = LogitsProcessorList([RowChoiceConstraints(constraints)])
-                return generate(*args, **kwargs)
+        def guided_generate(*args, **kwargs):
+            length = kwargs["input_ids"].shape[1]  # prompts are left-padded to one length
+            constraints = [ChoiceConstraint.for_output(tokenizer, length, **guide) for guide in self._row_guides]
+            kwargs["logits_processor"] = LogitsProcessorList([RowChoiceConstraints(constraints)])
+            return generate(*args, **kwargs)
 
-            model.generate = guided_generate
-            try:
-                return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
-                                                     has_tool_images)
-            finally:
-                del model.generate
-
-    return GuidedGRPOTrainer
+        model.generate = guided_generate
+        try:
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
+                                                 has_tool_images)
+        finally:
+            del model.generate
 
 
-def train_grpo_trl(model, processor, examples: list[Example], options: PromptOptions, evidence, steps: int,
-                   out_dir: str, num_generations: int = 4, prompts_per_step: int = 2, lr: float = 5e-5,
-                   beta: float = 0.04, max_completion_length: int = 80, temperature: float = 1.0,
-                   scale_rewards: str = "group", region_truth: str = "mask", guided: bool = True,
-                   empty_region_reward: float = 1.0, seed: int = 0) -> Curve:
-    """Run TRL's GRPOTrainer on CPU for ``steps`` steps; trains ``model`` in place."""
-    from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
-
-    rows = grpo_rows(examples, options, evidence, max(steps * prompts_per_step, prompts_per_step), seed,
-                     region_truth, empty_region_reward)
-    dataset = Dataset.from_list(rows)
+def train_grpo_trl(model, processor, examples: list[Example], options: PromptOptions, evidence, stage: GrpoStage,
+                   out_dir: str, seed: int = 0) -> Curve:
+    """Run guided GRPO on CPU for ``stage.steps`` steps; trains ``model`` in place."""
+    rows = grpo_rows(examples, options, evidence, max(stage.steps * stage.prompts_per_step, stage.prompts_per_step),
+                     seed)
     config = GRPOConfig(
         output_dir=out_dir,
         use_cpu=True,
         bf16=False,
         fp16=False,
-        max_steps=steps,
-        per_device_train_batch_size=num_generations * prompts_per_step,
-        num_generations=num_generations,
+        max_steps=stage.steps,
+        per_device_train_batch_size=stage.generations * stage.prompts_per_step,
+        num_generations=stage.generations,
         gradient_accumulation_steps=1,
-        learning_rate=lr,
+        learning_rate=stage.lr,
         lr_scheduler_type="constant",
         warmup_steps=0,
-        beta=beta,
-        temperature=temperature,
-        scale_rewards=scale_rewards,
-        max_completion_length=max_completion_length,
+        beta=stage.beta,
+        temperature=1.0,
+        scale_rewards="group",
+        max_completion_length=MAX_COMPLETION_LENGTH,
         logging_steps=1,
         save_strategy="no",
         report_to="none",
@@ -158,11 +123,11 @@ def train_grpo_trl(model, processor, examples: list[Example], options: PromptOpt
         gradient_checkpointing=False,
     )
     model.train()
-    trainer = (guided_trainer_class() if guided else GRPOTrainer)(
+    trainer = GuidedGRPOTrainer(
         model=model,
         reward_funcs=[json_options(f) for f in JUDO_REWARD_FUNCTIONS],
         args=config,
-        train_dataset=dataset,
+        train_dataset=Dataset.from_list(rows),
         processing_class=processor,
     )
     start = time.time()

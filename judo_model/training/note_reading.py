@@ -1,29 +1,9 @@
 """Stage 0, reading the prefilter's note: text-only prompts whose target repeats the note.
 
-The tiny model learns to copy the note's box and defect type only after a phase change
-(measured: about 1 000 steps of 16 random notes, with the loss flat near 0.4 before), and
-Stage 1's 480 images are too few to get there: the model memorises each image's box from
-its pixels instead. So before Stage 1 it reads random notes, in exactly the words and
-layout of the real prompt minus the images, and writes the contract that follows them:
-above the threshold a defect of the hinted type in the note's box, below it no defect.
-Stage 1 then teaches when the images should overrule the note.
-
-With ``categories`` (the recipe's ``product_note``) a note also names a product, its hint is
-one of that product's defect types, and a share of notes carries one MMAD question the note
-answers: the product (Object Classification), above or below (Anomaly Detection), the type,
-the box's region, and the type's appearance and consequence for that product (Defect
-Description / Analysis: knowledge the model has to recall, not copy). With
-``question_weights`` each kind is asked with its own weight and Anomaly Detection is answered
-yes and no equally often: asked only where the note allows them, the defect questions made
-most questions answer "yes, above", and the model learned to say yes to the question rather
-than to read the note. The recipe weighs the recalled kinds up: a copy is learned from any
-note, a product's appearance and consequence only from notes about that product and type.
-
-With ``unseen_share`` a share of those notes names an invented product (:func:`invented_products`:
-no word of any catalogue product's name), without a defect hint, as the pipeline and an MMAD
-folder name a product that has no labelled defects; asked, the answer is that name. Held-out
-products are named by the product library at evaluation, and a model that only ever copied the
-training products' names never names them (measured: Object Classification 0 % held-out).
+The tiny model learns to copy a note's box and type only with far more examples than Stage 1's
+images, so it first reads random notes in the real prompt's words (no images) and writes what they
+say; with ``categories`` a note also names a product (or, with ``unseen_share``, an invented one)
+and may carry one MMAD question it answers. Measurements: docs/judo_training.md, Stage 0 sections.
 """
 
 from __future__ import annotations
@@ -34,18 +14,21 @@ from functools import lru_cache
 
 import numpy as np
 
-from judo_model.output import BOX_STEP, COORDINATE_SCALE, boxes_to_mask, format_target
-from judo_model.prompting import JudoPrompt, Question, image_introductions, task_text
+from judo_model.data.knowledge import CATEGORY_FACTS, category_facts
+from judo_model.data.questions import (OBJECT_QUESTION, LetterBalancer, anomaly_detection, defect_questions,
+                                       object_classification)
+from judo_model.runtime.evidence import MAX_SCORE_RATIO, format_note, note_says_above
+from judo_model.runtime.output import BOX_STEP, COORDINATE_SCALE, boxes_to_mask, format_target
+from judo_model.runtime.prompting import JudoPrompt, Question, image_introductions, task_text
 from judo_model.training.data import reasoning_for
-from judo_model.training.evidence import MAX_SCORE_RATIO, format_note, note_says_above
 
 #: The roles of a Stage 1 prompt with a reference and an evidence image.
 ROLES = ("reference", "query", "evidence")
 #: Most synthetic defects span less than this (0-1000 units); a few note boxes are larger.
 TYPICAL_SIDE = 400
-#: Share of notes above the threshold (a uniform score ratio over 0.2-3.3 gives 74 %).
+#: Default share of notes above the threshold (the first Stage 0's; the recipe sets its own).
 ABOVE_SHARE = 0.74
-#: Share of notes naming a defect type (the cached evidence shows one for about 80 %).
+#: Default share of notes naming a defect type (the first Stage 0's; the recipe sets its own).
 HINT_SHARE = 0.8
 #: The MMAD questions a note answers, in the order :meth:`NoteReadingSampler._with_product` builds them.
 QUESTION_KINDS = ("Anomaly Detection", "Object Classification", "Defect Classification", "Defect Localization",
@@ -59,17 +42,9 @@ _PARTS = ("gear", "valve", "spring", "bearing", "gasket", "hinge", "bracket", "c
           "magnet", "filter", "pin", "lid", "tray", "cup")
 
 
-#: How invented product names are made: from the fixed material and part words above, or from
-#: random syllables, a new name at every draw, so that a model can copy them but not memorise them.
-INVENTED_NAME_KINDS = ("listed", "random")
-_CONSONANTS, _VOWELS = "bdfgklmnprstvz", "aeiou"
-
-
 @lru_cache(maxsize=1)
 def _catalogue_words() -> frozenset[str]:
     """Every word of a catalogue product's name (read once: invented names must avoid them all)."""
-    from judo_model.data.knowledge import CATEGORY_FACTS
-
     return frozenset(word for facts in CATEGORY_FACTS.values() for word in facts.display_name.lower().split())
 
 
@@ -81,49 +56,13 @@ def invented_products() -> list[str]:
     return sorted(parts + [f"{material} {part}" for material in materials for part in parts])
 
 
-class InventedNames:
-    """Draws of invented product names of one kind (:data:`INVENTED_NAME_KINDS`)."""
-
-    def __init__(self, kind: str = "listed"):
-        if kind not in INVENTED_NAME_KINDS:
-            raise ValueError(f"invented names are one of {INVENTED_NAME_KINDS}, got {kind!r}")
-        self.kind = kind
-        self.listed = invented_products()
-        self._taken = _catalogue_words()
-
-    def one(self, rng: random.Random) -> str:
-        return rng.choice(self.listed) if self.kind == "listed" else self._random(rng)
-
-    def others(self, rng: random.Random, name: str, count: int) -> list[str]:
-        """``count`` distinct names other than ``name``."""
-        if self.kind == "listed":
-            return rng.sample([other for other in self.listed if other != name], count)
-        names: list[str] = []
-        while len(names) < count:
-            drawn = self._random(rng)
-            if drawn != name and drawn not in names:
-                names.append(drawn)
-        return names
-
-    def _random(self, rng: random.Random) -> str:
-        while True:
-            words = [self._word(rng) for _ in range(rng.choice((1, 2, 2)))]
-            if not self._taken & set(words):
-                return " ".join(words)
-
-    @staticmethod
-    def _word(rng: random.Random) -> str:
-        syllables = "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(rng.choice((1, 2, 2, 3))))
-        return syllables + (rng.choice(_CONSONANTS) if rng.random() < 0.5 else "")
-
-
 class NoteReadingSampler:
     """Random evidence notes and the contract a reader of the note alone would write."""
 
     def __init__(self, defect_titles: Sequence[str], seed: int = 0, *, above_share: float = ABOVE_SHARE,
                  hint_share: float = HINT_SHARE, categories: Sequence[str] | None = None,
                  question_share: float = 0.0, question_weights: Sequence[float] | None = None,
-                 unseen_share: float = 0.0, invented_names: str = "listed"):
+                 unseen_share: float = 0.0):
         if not defect_titles:
             raise ValueError("note reading needs the defect titles of the training data")
         for name, share in (("above_share", above_share), ("hint_share", hint_share),
@@ -141,7 +80,7 @@ class NoteReadingSampler:
         self.above_share, self.hint_share, self.question_share = above_share, hint_share, question_share
         self.question_weights = tuple(question_weights) if question_weights is not None else None
         self.unseen_share = unseen_share
-        self.invented = InventedNames(invented_names) if unseen_share else None
+        self.invented = invented_products() if unseen_share else None
         self.rng = random.Random(seed)
 
     def _ratio(self, above_share: float | None = None) -> float:
@@ -181,10 +120,6 @@ class NoteReadingSampler:
 
     def _with_product(self) -> tuple[JudoPrompt, str]:
         """A note naming a product (and one of its defect types), perhaps with one question it answers."""
-        from judo_model.data.knowledge import category_facts
-        from judo_model.data.questions import (LetterBalancer, anomaly_detection, defect_questions,
-                                               object_classification)
-
         if self.unseen_share and self.rng.random() < self.unseen_share:
             return self._with_unseen_product()
         ratio, box = self._ratio(), self._box()
@@ -216,10 +151,7 @@ class NoteReadingSampler:
     def _with_unseen_product(self) -> tuple[JudoPrompt, str]:
         """A note naming an invented product, without a hint; perhaps asked whether it is defective or
         which product it shows (the other questions need a product's knowledge)."""
-        from judo_model.data.knowledge import category_facts
-        from judo_model.data.questions import OBJECT_QUESTION, LetterBalancer, anomaly_detection
-
-        name, box = self.invented.one(self.rng), self._box()
+        name, box = self.rng.choice(self.invented), self._box()
         if self.rng.random() >= self.question_share:
             ratio = self._ratio()
             return self._pair(ratio, box, None, format_note(ratio, box, None, name))
@@ -232,7 +164,7 @@ class NoteReadingSampler:
         else:
             known = [category_facts(c).display_name for c in self.categories]
             known = self.rng.sample(known, min(3, len(known)))
-            invented = self.invented.others(self.rng, name, 3)
+            invented = self.rng.sample([other for other in self.invented if other != name], 3)
             question = balancer.ask(OBJECT_QUESTION, kind, name, self.rng.sample(known + invented, 3))
         return self._asking(ratio, box, None, format_note(ratio, box, None, name), question)
 

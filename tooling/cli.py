@@ -1,0 +1,105 @@
+"""Tooling sub-commands of ``judo``: ``demo``, ``simulate`` and ``dashboard``.
+
+Registered through the ``judo.commands`` entry point (pyproject.toml), so :mod:`pipelines.cli`
+never imports this package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from pathlib import Path
+
+from rich.console import Console
+
+from cluster.telemetry import setup_tracing, shutdown_tracing
+from pipelines.commands import SHIPPED_CHECKPOINT, kafka_settings_for
+from pipelines.config import load_config
+from tooling.dashboard import DEFAULT_PORT
+from tooling.simulator import CameraSimulator, CameraSpec
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    demo = subparsers.add_parser(
+        "demo", help="the whole system on this machine: local Kafka and Ray, prefilter, JUDO, live summary, gallery")
+    demo.add_argument("--seconds", type=float, default=60.0, help="how long the cameras run")
+    demo.add_argument("--fps", type=float, default=4.0, help="overall camera frame rate")
+    demo.add_argument("--defect-rate", type=float, default=0.1)
+    demo.add_argument("--lines", type=int, default=3)
+    demo.add_argument("--cameras-per-line", type=int, default=2)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--checkpoint", type=Path, default=SHIPPED_CHECKPOINT)
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="gallery, traces, ground truth, summary")
+    demo.set_defaults(func=run_demo)
+
+    simulate = subparsers.add_parser("simulate", help="play simulated camera frames into the config's frame topic")
+    simulate.add_argument("--config", type=Path, required=True)
+    simulate.add_argument("--frames", type=int, required=True)
+    simulate.add_argument("--fps", type=float, default=None, help="overall frame rate (default: as fast as possible)")
+    simulate.add_argument("--defect-rate", type=float, default=0.1)
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--truth", type=Path, default=Path("runs/ground_truth.jsonl"),
+                          help="JSON-lines ground truth of every frame sent")
+    simulate.set_defaults(func=run_simulate)
+
+    dashboard = subparsers.add_parser(
+        "dashboard", help="operator web dashboard: live verdict gallery, line health, traces, feedback")
+    dashboard.add_argument("--config", type=Path, required=True, help="the pipeline config the plant runs")
+    dashboard.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: this machine only)")
+    dashboard.add_argument("--port", type=int, default=DEFAULT_PORT)
+    dashboard.add_argument("--ray-address", default=None,
+                           help="Ray cluster to ask for JUDO replica counts (default: ray.address of the config, "
+                                "else the local cluster)")
+    dashboard.add_argument("--window", type=float, default=60.0, help="seconds of verdicts behind line health")
+    dashboard.add_argument("--backlog", type=int, default=200,
+                           help="records per partition read back on start, so the page is not empty")
+    dashboard.set_defaults(func=run_dashboard)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """``judo demo``: the whole system end to end (:func:`tooling.demo.run_full_demo`)."""
+    # CLI start-up: the demo loads Ray, torch and transformers; `judo simulate` must not pay for them
+    from tooling.demo import run_full_demo
+    return run_full_demo(args)
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    """``judo simulate``: publish ``--frames`` simulated frames, ground truth to ``--truth``."""
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    config = load_config(args.config)
+    cameras = [CameraSpec(line.id, camera, line.product) for line in config.lines for camera in line.cameras]
+    args.truth.parent.mkdir(parents=True, exist_ok=True)
+    setup_tracing(f"{config.telemetry.service_name}.cameras",
+                  trace_file=config.telemetry.trace_file)
+    simulator = CameraSimulator(cameras, defect_rate=args.defect_rate, seed=args.seed)
+    sent = simulator.publish(kafka_settings_for(config), config.topics.frames, args.frames, fps=args.fps,
+                             truth_path=args.truth)
+    shutdown_tracing()
+    defective = sum(item.is_defective for item in sent)
+    Console().print(f"sent {len(sent)} frames ({defective} defective) to {config.topics.frames}; "
+                    f"ground truth in {args.truth}")
+    return 0
+
+
+def run_dashboard(args: argparse.Namespace) -> int:
+    """``judo dashboard``: serve until Ctrl-C or SIGTERM."""
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    # CLI start-up: the dashboard's server loads torch for its gallery; the other commands must not pay for it
+    from tooling.dashboard.server import Dashboard
+    config = load_config(args.config)
+    dashboard = Dashboard(config, kafka_settings_for(config), host=args.host, port=args.port,
+                          ray_address=args.ray_address, window_s=args.window, backlog=args.backlog)
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    dashboard.start()
+    print(f"JUDO Inspect dashboard on {dashboard.url} (verdicts from {config.topics.verdicts}, "
+          f"feedback to {config.topics.feedback}); Ctrl-C stops", flush=True)
+    try:
+        stopped.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        dashboard.stop()
+    return 0
