@@ -1,7 +1,8 @@
 """Fault benchmark: one streaming run per fault; frames in, verdicts out, lost, duplicates, recovery.
 
 Run: ``python benchmarks/faults.py --json docs/faults.json`` (writes ``docs/faults.md`` beside it).
-Each run uses real Kafka, real Ray and the shipped JUDO; see :mod:`tooling.faults`.
+Each run uses real Kafka, real Ray and the shipped JUDO; see :mod:`tooling.faults`. ``node_killed`` runs on
+a two-node Ray cluster started with ``ray start`` on this machine (``--ray-nodes N``: every fault does).
 """
 
 from __future__ import annotations
@@ -42,7 +43,11 @@ def markdown(results: dict) -> str:
         f"One streaming run per fault: {s['frames']} simulated frames ({s['size']} px, {s['defect_rate']:.0%} "
         f"defective, 2 lines x 2 cameras) published at {s['fps']:g} frames/s into real Kafka; the pipeline "
         "(2 frame drivers, 2 prefilter actors, 2 JUDO replicas of the shipped tiny checkpoint on Ray Serve, "
-        f"JUDO request timeout {s['judo_timeout_s']:g} s, 3 retries) runs on real Ray. The fault is injected once "
+        f"JUDO request timeout {s['judo_timeout_s']:g} s, 3 retries) runs on real Ray: "
+        + (f"a {results['ray_nodes']}-node cluster for every fault" if results.get("ray_nodes", 1) > 1 else
+           "one local Ray node, and for `node_killed` a cluster of two nodes on this machine (`ray start`: a head "
+           "with `judo_gpu: 2`, a worker with `judo_gpu: 1`, one CPU each; JUDO replicas need `judo_gpu: 1`)")
+        + f". The fault is injected once "
         f"{s['fault_after']:.0%} of the frames have verdicts. Produced by `benchmarks/faults.py` "
         f"({results['machine']}, {results['date']}); the same harness (`tooling/faults/`) runs in "
         "`tests/test_faults.py`, part of `make test`.",
@@ -106,15 +111,18 @@ def main() -> int:
     parser.add_argument("--fps", type=float, default=FaultSettings.fps)
     parser.add_argument("--faults", nargs="+", choices=list(FAULTS), default=list(FAULTS))
     parser.add_argument("--work", type=Path, default=Path("runs/bench-faults"))
+    parser.add_argument("--ray-nodes", type=int, default=1,
+                        help="run every fault on a fresh Ray cluster of this many nodes on this machine "
+                             "(node_killed always uses at least 2)")
     args = parser.parse_args()
     logging.getLogger("kafka").setLevel(logging.ERROR)
     console = Console()
     settings = FaultSettings(frames=args.frames, fps=args.fps)
     results = {"settings": asdict(settings), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-               "date": time.strftime("%Y-%m-%d"), "faults": []}
+               "date": time.strftime("%Y-%m-%d"), "ray_nodes": args.ray_nodes, "faults": []}
     rows = results["faults"]
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    with FaultBench(args.work, settings) as bench:
+    with FaultBench(args.work, settings, ray_nodes=args.ray_nodes) as bench:
         for name in args.faults:
             console.print(f"[cyan]{name}[/]: {FAULTS[name].what}")
             report = bench.run(name)

@@ -1,4 +1,5 @@
-"""``judo kafka up|down|status|fetch``: the embedded Kafka from the command line."""
+"""``judo kafka up|down|status|fetch``: the embedded Kafka from the command line; ``judo cluster up|down|status``:
+a Ray cluster of several nodes on this machine (:mod:`cluster.ray_nodes`, driven through the ``ray`` CLI)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from rich.table import Table
 from cluster.kafka import KafkaError
 from cluster.kafka_broker import KAFKA_VERSION, ensure_kafka_jars
 from cluster.local_kafka import kafka_attach, kafka_down, kafka_up
+from cluster.ray_nodes import RayClusterError, ray_attach, ray_down, ray_up
 from cluster.telemetry import read_spans, summarize_spans
 
 
@@ -44,6 +46,81 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fetch = actions.add_parser("fetch", help="download the Kafka jars from Maven Central (once)")
     fetch.add_argument("--version", default=KAFKA_VERSION)
     fetch.set_defaults(func=_fetch)
+
+    _register_cluster(subparsers)
+
+
+def _register_cluster(subparsers: argparse._SubParsersAction) -> None:
+    cluster = subparsers.add_parser("cluster", help="run a Ray cluster of several nodes on this machine "
+                                    "(docs/cluster.md)")
+    actions = cluster.add_subparsers(dest="cluster_command", metavar="ACTION")
+    actions.required = True
+    up = actions.add_parser("up", help="start a head and worker nodes with `ray start`; print the address to join")
+    up.add_argument("--workers", type=int, default=1, help="worker nodes beside the head")
+    up.add_argument("--head-cpus", type=int, default=1)
+    up.add_argument("--worker-cpus", type=int, default=1)
+    up.add_argument("--head-resources", type=_resources, default={"judo_gpu": 1},
+                    help='custom resources of the head, JSON (default: {"judo_gpu": 1})')
+    up.add_argument("--worker-resources", type=_resources, default={"judo_gpu": 1},
+                    help='custom resources of each worker, JSON (default: {"judo_gpu": 1})')
+    up.add_argument("--object-store-mb", type=int, default=512, help="object store per node")
+    up.set_defaults(func=_cluster_up)
+    down = actions.add_parser("down", help="stop every process of the cluster started with `judo cluster up`")
+    down.set_defaults(func=_cluster_down)
+    status = actions.add_parser("status", help="the cluster's nodes: alive or dead, resources")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=_cluster_status)
+
+
+def _resources(text: str) -> dict[str, float]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict) or not all(isinstance(v, (int, float)) and v >= 0 for v in value.values()):
+        raise argparse.ArgumentTypeError('a JSON object of resource name -> amount >= 0, e.g. {"judo_gpu": 1}')
+    return value
+
+
+def _cluster_up(args: argparse.Namespace) -> int:
+    try:
+        cluster = ray_up(args.workers, head_cpus=args.head_cpus, worker_cpus=args.worker_cpus,
+                         head_resources=args.head_resources, worker_resources=args.worker_resources,
+                         object_store_mb=args.object_store_mb)
+    except (RayClusterError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(cluster.address)
+    return 0
+
+
+def _cluster_down(args: argparse.Namespace) -> int:
+    print("stopped" if ray_down() else "no Ray cluster was started with `judo cluster up`")
+    return 0
+
+
+def _cluster_status(args: argparse.Namespace) -> int:
+    cluster = ray_attach()
+    if cluster is None:
+        print("no Ray cluster was started with `judo cluster up`")
+        return 1
+    if not cluster.processes():
+        print(f"the Ray cluster at {cluster.address} is not running (`judo cluster down` forgets it)")
+        return 1
+    try:
+        nodes = cluster.describe_nodes()
+    except RayClusterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"address": cluster.address, "nodes": nodes}, indent=2))
+    else:
+        print(f"address: {cluster.address}  (ray.address in the pipeline config)")
+        for node in sorted(nodes, key=lambda n: n["role"]):
+            shown = {k: v for k, v in node["resources"].items()
+                     if not k.startswith(("node:", "memory", "object_store"))}
+            print(f"  {node['role']:9} {node['node_id'][:12]} {'alive' if node['alive'] else 'dead '} {shown}")
+    return 0 if all(n["alive"] for n in nodes) else 1
 
 
 def _quiet_clients() -> None:

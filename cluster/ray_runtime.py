@@ -35,6 +35,10 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     import ray  # after the defaults above: Ray reads some of them once, when it is imported
 
     if ray.is_initialized():
+        current = ray.get_runtime_context().gcs_address  # Ray turns 127.0.0.1 into the node's IP: compare ports
+        port = current.rsplit(":", 1)[-1]
+        if address and address != "auto" and "://" not in address and address.rsplit(":", 1)[-1] != port:
+            raise RuntimeError(f"this process is already connected to the Ray cluster at {current}, not {address}")
         return False
     runtime_env = {"env_vars": ray_environment()}
     if address:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -36,6 +38,21 @@ def kafka_settings_for(config):
     return local.settings()
 
 
+def stop_on_sigterm(stop: threading.Event) -> None:
+    """Make SIGTERM (systemd, Kubernetes, ``ray job stop``) set ``stop``: the same orderly stop as Ctrl-C.
+
+    Installed once the pipeline has started: ``ray.init`` replaces any earlier SIGTERM handler with one
+    that exits at once (and, for a Ray it started, kills its processes), which would skip the drain.
+    """
+    def handler(signum, _frame):
+        if stop.is_set():
+            logging.getLogger(__name__).warning("SIGTERM again: still draining (SIGKILL stops at once; "
+                                                "frames in flight are then redelivered)")
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def run_pipeline(args: argparse.Namespace) -> int:
     # CLI start-up: the runner loads Ray, torch and transformers; the other commands must not pay for them
     from pipelines.runner import Pipeline
@@ -45,17 +62,24 @@ def run_pipeline(args: argparse.Namespace) -> int:
     pipeline = Pipeline(config, kafka_settings_for(config))
     with console.status("starting Ray, the prefilter pool and JUDO on Ray Serve..."):
         pipeline.start()
-    console.print(f"pipeline running: {config.topics.frames} -> {config.topics.verdicts} (Ctrl-C stops)")
+    stop = threading.Event()
+    stop_on_sigterm(stop)
+    console.print(f"pipeline running: {config.topics.frames} -> {config.topics.verdicts} (Ctrl-C or SIGTERM stops)")
+    if pipeline.metrics is not None:
+        console.print(f"metrics: {pipeline.metrics.url}")
     started = time.monotonic()
     try:
         with Live(console=console, refresh_per_second=1) as live:
-            while args.duration is None or time.monotonic() - started < args.duration:
+            while not stop.is_set() and (args.duration is None or time.monotonic() - started < args.duration):
                 live.update(summary_table(pipeline.stats(), time.monotonic() - started))
-                time.sleep(1.0)
+                stop.wait(1.0)
     except KeyboardInterrupt:
         pass
     finally:
+        if stop.is_set():
+            console.print("SIGTERM: draining the frames in flight and committing before stopping")
         pipeline.stop()
+    console.print("pipeline stopped")
     return 0
 
 

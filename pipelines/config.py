@@ -84,26 +84,49 @@ class IngestSection(_Section):
 
 
 class ReplicasSection(_Section):
+    """JUDO's Serve ``autoscaling_config``: replicas follow the requests queued and running per replica."""
+
     min: int = Field(1, ge=0)
     max: int = Field(1, ge=1)
     initial: int | None = None
     target_ongoing_requests: float = Field(2.0, gt=0)
     upscale_delay_s: float = Field(10.0, ge=0)
     downscale_delay_s: float = Field(60.0, ge=0)
+    metrics_interval_s: float | None = Field(None, gt=0, description="how often handles and replicas report "
+                                             "their load to the autoscaler (None: Serve's default, 10 s)")
+    look_back_period_s: float | None = Field(None, gt=0, description="the window the load is averaged over "
+                                             "(None: Serve's default, 30 s)")
 
     @model_validator(mode="after")
     def _ordered(self) -> "ReplicasSection":
         if self.max < self.min:
             raise ValueError(f"max must be >= min (got {self.max} < {self.min})")
+        if self.initial is not None and not self.min <= self.initial <= self.max:
+            raise ValueError(f"initial must be within min..max (got {self.initial}, {self.min}..{self.max})")
+        if (self.look_back_period_s or 30.0) <= (self.metrics_interval_s or 10.0):
+            raise ValueError(f"look_back_period_s must be > metrics_interval_s (got {self.look_back_period_s} <= "
+                             f"{self.metrics_interval_s}; unset means 30 and 10 s)")
         return self
 
 
 class VllmSection(_Section):
+    """The vLLM engine (``judo.engine: vllm``; docs/vllm.md)."""
+
+    python: Path | None = Field(None, description="the engine environment's interpreter (made by scripts/vllm_env.sh, "
+                                "e.g. ~/.cache/judo-inspect/vllm-venv/bin/python): JUDO replicas run in it through "
+                                "Ray's runtime_env; None: the replicas' own Python has vLLM")
     max_model_len: int = 4096
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    cpu_kvcache_gib: float = Field(1.0, gt=0, description="KV cache of vLLM's CPU build (judo.device: cpu)")
+    dtype: str = Field("float32", description="weights' dtype in vLLM: float32 as the transformers engine (vLLM's "
+                       "auto would run a float32 checkpoint in half precision); bfloat16 halves GPU memory")
     max_pixels_per_image: int = 448 * 448
     limit_images_per_prompt: int = Field(3, ge=2)
     enable_prefix_caching: bool = False
+
+    def engine_options(self) -> dict:
+        """Keyword arguments of :class:`pipelines.vllm_engine.AsyncVllm` from this section."""
+        return self.model_dump(exclude={"python"})
 
 
 class HttpSection(_Section):
@@ -111,6 +134,9 @@ class HttpSection(_Section):
     host: str = "127.0.0.1"
     port: int = 8000
     bearer_token: str | None = None
+    proxy_location: Literal["HeadOnly", "EveryNode", "Disabled"] = Field(
+        "HeadOnly", description="where Serve runs its HTTP proxies; EveryNode needs one host per node (nodes "
+                                "sharing a machine would all bind host:port)")
 
 
 class JudoSection(_Section):
@@ -133,8 +159,9 @@ class JudoSection(_Section):
 
     @model_validator(mode="after")
     def _engine_device(self) -> "JudoSection":
-        if self.engine == "vllm" and self.num_gpus <= 0:
-            raise ValueError("engine vllm needs num_gpus > 0 (vLLM runs on GPUs; use transformers on CPU)")
+        if self.engine == "vllm" and self.device != "cpu" and self.num_gpus <= 0:
+            raise ValueError(f"engine vllm on device {self.device!r} needs num_gpus > 0 (device cpu runs vLLM's "
+                             "CPU build, docs/vllm.md)")
         return self
 
 
@@ -144,8 +171,22 @@ class TelemetrySection(_Section):
 
 
 class RaySection(_Section):
-    address: str | None = Field(None, description="None starts a local Ray; 'auto' joins a running cluster")
+    address: str | None = Field(None, description="None starts a local Ray; 'auto' or HOST:PORT joins a running "
+                                "cluster (docs/cluster.md)")
     num_cpus: int | None = None
+    scheduling: Literal["SPREAD", "DEFAULT"] = Field(
+        "SPREAD", description="placement of the prefilter pool (SPREAD: a SPREAD placement group, one actor "
+                              "per node while there are nodes), sink and frame drivers (Ray's SPREAD strategy) "
+                              "over the nodes of a cluster (one node: no difference); JUDO replicas are placed "
+                              "by judo.resources")
+
+
+class MetricsSection(_Section):
+    """The Prometheus endpoint the pipeline serves (``/metrics``; names in docs/pipeline.md)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9464, ge=0, le=65535, description="0 picks a free port (logged)")
 
 
 class PipelineConfig(_Section):
@@ -158,6 +199,7 @@ class PipelineConfig(_Section):
     judo: JudoSection
     telemetry: TelemetrySection = TelemetrySection()
     ray: RaySection = RaySection()
+    metrics: MetricsSection = MetricsSection()
 
     @model_validator(mode="after")
     def _lines_use_known_products(self) -> "PipelineConfig":

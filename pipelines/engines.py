@@ -1,4 +1,4 @@
-"""JUDO inference engines behind one interface: transformers (CPU or GPU) and vLLM (GPU).
+"""JUDO inference engines behind one interface: transformers (CPU or GPU) and vLLM (GPU, or its CPU build).
 
 Both show a checkpoint exactly what it was trained on (:func:`prompt_inputs`: the images at the
 training size, the evidence image rendered from the prefilter's anomaly map as in training, the
@@ -9,7 +9,9 @@ way on a laptop and on a GPU pool. The engine is chosen by ``judo.engine`` in th
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,7 @@ from judo_model.runtime.inference import JudoModel
 from judo_model.runtime.inputs import prompt_options_of, shown
 from judo_model.runtime.output import ParsedOutput, parse_output
 from judo_model.runtime.prompting import Question, build_prompt, prompt_text
+from pipelines.vllm_engine import AsyncVllm
 
 
 @dataclass
@@ -90,7 +93,9 @@ def model_version_of(checkpoint: Path) -> str:
 
 
 class TransformersEngine:
-    """The default engine: transformers generate, one prompt at a time, under inference mode."""
+    """The default engine: transformers generate under inference mode, a whole batch in one call
+    (:meth:`judo_model.runtime.inference.JudoModel.generate_batch`: left-padded rows, each with its
+    own images, guided slots and end of turn)."""
 
     def __init__(self, checkpoint: Path, device: str = "cpu", max_new_tokens: int = 128, torch_threads: int = 1):
         torch.set_num_threads(torch_threads)
@@ -98,58 +103,48 @@ class TransformersEngine:
         self.options = prompt_options_of(checkpoint)
         self.max_new_tokens = max_new_tokens
         self.model_version = model_version_of(Path(checkpoint))
+        self.lock = threading.Lock()
 
     def infer(self, requests: list[JudoFrameRequest]) -> list[JudoResult]:
-        results = []
-        for request in requests:
-            started = time.perf_counter()
-            raw, parsed = self.judo.generate(**prompt_inputs(request, self.options),
-                                             max_new_tokens=self.max_new_tokens, defect_types=request.defect_types)
-            results.append(JudoResult(raw, parsed, self.model_version, (time.perf_counter() - started) * 1000))
-        return results
+        """One ``generate`` for the batch; each result's latency is the batch's inference time."""
+        started = time.perf_counter()
+        prompts = [build_prompt(**prompt_inputs(request, self.options)) for request in requests]
+        with self.lock:  # the model keeps per-call state (Qwen2.5-VL's rope deltas): one generate at a time
+            outputs = self.judo.generate_batch(prompts, self.max_new_tokens,
+                                               defect_types=[request.defect_types for request in requests])
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        return [JudoResult(raw, parsed, self.model_version, elapsed_ms) for raw, parsed in outputs]
 
 
 class VllmEngine:
-    """vLLM on GPUs: several images per prompt, a pixel cap per image, prefix caching off.
+    """vLLM's async engine (:class:`pipelines.vllm_engine.AsyncVllm`): each request is its own
+    generation and vLLM's scheduler batches those in flight; same prompt and parser as
+    :class:`TransformersEngine`, the verdict's type decoded among ``defect_types`` by the same
+    ChoiceConstraint (inside vLLM). Runs in the engine environment (docs/vllm.md), on GPUs or vLLM's CPU build."""
 
-    The verdict's type is decoded freely here: ``defect_types`` is applied by the transformers
-    engine only (vLLM's structured outputs could carry it; not wired, untested without a GPU).
-
-    Prefix caching stays off by default because prompts with the same text but different
-    images can share cached prefixes wrongly (a known vLLM issue for multimodal prompts).
-    """
-
-    def __init__(self, checkpoint: Path, *, max_new_tokens: int, max_model_len: int,
-                 gpu_memory_utilization: float, max_pixels_per_image: int, limit_images_per_prompt: int,
-                 enable_prefix_caching: bool = False):
-        from vllm import LLM, SamplingParams  # optional dependency (GPU hosts only)
-
+    def __init__(self, checkpoint: Path, **vllm_options):
         self.processor = load_processor(checkpoint)
         self.options = prompt_options_of(checkpoint)
-        self.llm = LLM(
-            model=str(checkpoint),
-            max_model_len=max_model_len,
-            gpu_memory_utilization=gpu_memory_utilization,
-            limit_mm_per_prompt={"image": limit_images_per_prompt},
-            mm_processor_kwargs={"max_pixels": max_pixels_per_image},
-            enable_prefix_caching=enable_prefix_caching,
-        )
-        self.sampling = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
+        self.core = AsyncVllm(checkpoint, **vllm_options)
         self.model_version = model_version_of(Path(checkpoint))
 
-    def infer(self, requests: list[JudoFrameRequest]) -> list[JudoResult]:
-        inputs = []
-        for request in requests:
-            prompt = build_prompt(**prompt_inputs(request, self.options))
-            inputs.append({"prompt": prompt_text(self.processor, prompt),
-                           "multi_modal_data": {"image": list(prompt.images)}})
+    async def ainfer(self, request: JudoFrameRequest) -> JudoResult:
+        """One request's result; awaitable from any event loop (the Serve replica's)."""
         started = time.perf_counter()
-        outputs = self.llm.generate(inputs, self.sampling, use_tqdm=False)
-        per_request = (time.perf_counter() - started) * 1000 / max(len(requests), 1)
-        return [
-            JudoResult(out.outputs[0].text, parse_output(out.outputs[0].text), self.model_version, per_request)
-            for out in outputs
-        ]
+        prompt = build_prompt(**prompt_inputs(request, self.options))
+        raw = await self.core.generate(prompt_text(self.processor, prompt), list(prompt.images),
+                                       defect_types=request.defect_types)
+        return JudoResult(raw, parse_output(raw), self.model_version, (time.perf_counter() - started) * 1000)
+
+    def infer(self, requests: list[JudoFrameRequest]) -> list[JudoResult]:
+        """All requests at once (vLLM batches them); for synchronous callers."""
+        async def all_of():
+            return await asyncio.gather(*(self.ainfer(request) for request in requests))
+        return self.core.run(all_of())
+
+    def close(self) -> None:
+        """Stop vLLM's engine core (also done at interpreter exit)."""
+        self.core.shutdown()
 
 
 def make_engine(judo_config) -> JudoEngine:
@@ -158,11 +153,8 @@ def make_engine(judo_config) -> JudoEngine:
     if not (checkpoint / "config.json").exists():
         raise FileNotFoundError(f"JUDO checkpoint {checkpoint} has no config.json (train one with `judo train`)")
     if judo_config.engine == "vllm":
-        v = judo_config.vllm
-        return VllmEngine(checkpoint, max_new_tokens=judo_config.max_new_tokens, max_model_len=v.max_model_len,
-                          gpu_memory_utilization=v.gpu_memory_utilization,
-                          max_pixels_per_image=v.max_pixels_per_image,
-                          limit_images_per_prompt=v.limit_images_per_prompt,
-                          enable_prefix_caching=v.enable_prefix_caching)
+        return VllmEngine(checkpoint, device=judo_config.device, max_new_tokens=judo_config.max_new_tokens,
+                          # every request a replica may hold at once (Serve's max_ongoing_requests) runs in one batch
+                          max_num_seqs=max(judo_config.max_batch_size * 2, 2), **judo_config.vllm.engine_options())
     return TransformersEngine(checkpoint, device=judo_config.device, max_new_tokens=judo_config.max_new_tokens,
                               torch_threads=judo_config.torch_threads)

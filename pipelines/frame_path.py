@@ -23,6 +23,7 @@ from cluster.messages import DeadLetter, Verdict
 from cluster.records import dead_letter_for
 from cluster.telemetry import context_from_carrier, trace_id_hex
 from pipelines.engines import JudoFrameRequest
+from pipelines.metrics import FrameMetrics
 
 log = logging.getLogger(__name__)
 
@@ -126,10 +127,12 @@ class PathStats:
     prefilter_retries: int = 0
     latencies_pass_ms: deque = field(default_factory=lambda: deque(maxlen=5000))
     latencies_judo_ms: deque = field(default_factory=lambda: deque(maxlen=5000))
+    metrics: FrameMetrics = field(default_factory=FrameMetrics)  # by line, for Prometheus (pipelines/metrics.py)
 
     def as_dict(self) -> dict:
-        """Every field, latency windows as plain lists (they cross Ray calls)."""
-        return {f.name: list(v) if isinstance(v := getattr(self, f.name), deque) else v for f in fields(self)}
+        """Every field, latency windows as plain lists and the metrics as nested dicts (they cross Ray calls)."""
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), deque)
+                else v.as_dict() if isinstance(v, FrameMetrics) else v for f in fields(self)}
 
 
 class FramePath:
@@ -172,6 +175,7 @@ class FramePath:
         # image decoding releases the GIL: off the event loop, batches of other partitions keep moving
         for outcome in await asyncio.to_thread(lambda: [self.decoder.decode(r) for r in records]):
             (decoded if isinstance(outcome, DecodedFrame) else rejected).append(outcome)
+        self.stats.metrics.arrived(item.frame for item in decoded)
         passed: list[DecodedFrame] = []
         verdicts: list[tuple[Verdict, dict]] = []
         judo_jobs = []
@@ -273,7 +277,10 @@ class FramePath:
         failures = 0
         while True:
             try:
+                started = time.perf_counter()
                 await self.sink.write(verdicts, letters)
+                self.stats.metrics.written((v for v, _ in verdicts), (d for d, _ in letters),
+                                           time.perf_counter() - started)
                 return
             except Exception as exc:
                 failures += 1

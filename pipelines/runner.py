@@ -19,6 +19,8 @@ from pathlib import Path
 import ray
 from ray import serve
 from ray.exceptions import GetTimeoutError, RayActorError
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.prefilter import prefilter_actor_class
 from actors.sink import sink_actor_class
@@ -27,6 +29,7 @@ from cluster.ray_runtime import start_ray, stop_ray
 from judo_model.prefilter.bank_format import BANK_META
 from pipelines.config import PipelineConfig
 from pipelines.driver import FrameDriverActor
+from pipelines.metrics import ConsumerLag, PipelineCollector, merge_stats, serve_metrics
 from pipelines.serve_app import APP_NAME, JudoReplica, build_judo_deployment
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,18 @@ def routing_thresholds(config: PipelineConfig) -> dict[str, float]:
     }
 
 
+def pool_placement(count: int, scheduling: str) -> tuple[object | None, list]:
+    """``(placement group or None, scheduling strategy of each actor)`` for a pool. SPREAD on several nodes: a
+    SPREAD placement group of one bundle per actor (Ray's SPREAD strategy alone does not promise one actor
+    per node); a bundle lost with its node is placed again on another node, and its actor restarts there.
+    A bundle is 1 MiB of Ray's ``memory`` resource: it never limits a node."""
+    if scheduling != "SPREAD" or sum(n["Alive"] for n in ray.nodes()) < 2:
+        return None, [scheduling] * count
+    group = placement_group([{"memory": float(1 << 20)}] * count, strategy="SPREAD")
+    ray.get(group.ready(), timeout=120)
+    return group, [PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i) for i in range(count)]
+
+
 def bank_version(config: PipelineConfig) -> str:
     """Names the prefilter banks that produced a pass verdict (product revisions)."""
     parts = []
@@ -80,6 +95,16 @@ def bank_version(config: PipelineConfig) -> str:
         meta = json.loads((Path(product.bank) / BANK_META).read_text())
         parts.append(f"{name}.r{meta.get('revision', 0)}")
     return "prefilter:" + ",".join(parts)
+
+
+def judo_replicas() -> dict[str, int]:
+    """JUDO's Serve replicas by state (``RUNNING``, ``STARTING``, ...), for /metrics."""
+    counts: dict[str, int] = {}
+    for deployment in serve.status().applications[APP_NAME].deployments.values():
+        for state, count in deployment.replica_states.items():
+            name = str(getattr(state, "value", state))  # a ReplicaState enum member or its string
+            counts[name] = counts.get(name, 0) + count
+    return counts
 
 
 @dataclass
@@ -109,6 +134,8 @@ class Pipeline:
         self._driver_args: tuple = ()
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
+        self._prefilter_group = None  # the placement group spreading the prefilter pool over nodes, if any
+        self.metrics = None  # the /metrics endpoint (pipelines.metrics.MetricsServer) while running
 
     def start(self) -> "Pipeline":
         cfg = self.config
@@ -125,15 +152,17 @@ class Pipeline:
         trace_file = str(cfg.telemetry.trace_file) if cfg.telemetry.trace_file else None
         banks = {name: str(p.bank) for name, p in cfg.products.items()}
         prefilter_cls = prefilter_actor_class(num_cpus=0)
+        self._prefilter_group, placements = pool_placement(cfg.prefilter.actors, cfg.ray.scheduling)
         prefilter = [
-            prefilter_cls.options(max_restarts=-1, max_task_retries=0).remote(
+            prefilter_cls.options(max_restarts=-1, max_task_retries=0, scheduling_strategy=placement).remote(
                 banks, cfg.prefilter.threads_per_actor, cfg.telemetry.service_name, trace_file, with_references=True)
-            for _ in range(cfg.prefilter.actors)
+            for placement in placements
         ]
-        sink = sink_actor_class().remote(self.kafka.model_dump(), topics.verdicts, topics.dead_letters,
-                                         cfg.telemetry.service_name, trace_file)
+        sink = sink_actor_class().options(scheduling_strategy=cfg.ray.scheduling).remote(
+            self.kafka.model_dump(), topics.verdicts, topics.dead_letters, cfg.telemetry.service_name, trace_file)
         ray.get([h.products.remote() for h in prefilter] + [sink.ready.remote()])
-        serve.start(http_options={"host": cfg.judo.http.host, "port": cfg.judo.http.port},
+        serve.start(proxy_location=cfg.judo.http.proxy_location,
+                    http_options={"host": cfg.judo.http.host, "port": cfg.judo.http.port},
                     logging_config={"enable_access_log": False, "log_level": "WARNING"})
         judo = serve.run(build_judo_deployment(cfg, self.judo_deployment), name=APP_NAME,
                          route_prefix="/judo" if cfg.judo.http.enabled else None,
@@ -142,7 +171,7 @@ class Pipeline:
         handle_bundle = {
             "kafka_settings": self.kafka.model_dump(), "prefilter": prefilter, "judo": judo, "sink": sink, "thresholds": thresholds,
         }
-        self._driver_cls = FrameDriverActor
+        self._driver_cls = FrameDriverActor.options(scheduling_strategy=cfg.ray.scheduling)
         self._driver_args = (cfg.model_dump(mode="json"), handle_bundle, bank_version(cfg))
         drivers = [self._driver_cls.remote(*self._driver_args) for _ in range(cfg.ingest.actors)]
         runs = [d.run.remote() for d in drivers]
@@ -150,6 +179,9 @@ class Pipeline:
         self._stopping.clear()
         self._supervisor = threading.Thread(target=self._supervise, name="driver-supervisor", daemon=True)
         self._supervisor.start()
+        self.metrics = serve_metrics(cfg.metrics, PipelineCollector(
+            self.driver_stats, lambda: self.driver_restarts, judo_replicas,
+            ConsumerLag(self.kafka, cfg.ingest.group_id, topics.frames)))
         return self
 
     def _supervise(self) -> None:
@@ -223,18 +255,17 @@ class Pipeline:
         A driver that just died is skipped (the supervisor replaces it); ``driver_restarts``
         counts the replacements.
         """
-        merged: dict = {"driver_restarts": self.driver_restarts}
-        for driver in list(self.handles.drivers):
+        return {"driver_restarts": self.driver_restarts, **merge_stats(self.driver_stats().values())}
+
+    def driver_stats(self) -> dict[str, dict]:
+        """Each live driver's stats by actor id (what /metrics adds up); a driver that just died is skipped."""
+        reports = {}
+        for driver in list(self.handles.drivers) if self.handles else []:
             try:
-                part = ray.get(driver.stats.remote(), timeout=30)
+                reports[driver._actor_id.hex()] = ray.get(driver.stats.remote(), timeout=30)
             except (RayActorError, GetTimeoutError):
                 continue
-            for key, value in part.items():
-                if isinstance(value, list):
-                    merged.setdefault(key, []).extend(value)
-                else:
-                    merged[key] = merged.get(key, 0) + value
-        return merged
+        return reports
 
     def membership(self, timeout_s: float = 10.0) -> list[dict]:
         """Each driver's :meth:`FrameDriver.membership`, or why it could not say."""
@@ -266,9 +297,15 @@ class Pipeline:
             ray.get(self.handles.runs, timeout=120)
         except Exception as exc:
             log.warning("drivers did not stop cleanly: %s", exc)
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
         serve.shutdown()
         for actor in [*self.handles.drivers, *self.handles.prefilter, self.handles.sink]:
             ray.kill(actor, no_restart=True)
+        if self._prefilter_group is not None:
+            remove_placement_group(self._prefilter_group)
+            self._prefilter_group = None
         self.handles = None
         if self._owns_ray:
             stop_ray()

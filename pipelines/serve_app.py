@@ -113,22 +113,34 @@ class JudoInference:
         try:
             results = self.engine.infer(requests)
             batch_ms = (time.time_ns() - started_ns) / 1e6
-            verdicts = []
-            for request, result, span in zip(requests, results, spans):
-                span.set_attribute("frame_id", request.frame_id)
-                span.set_attribute("product", request.product)
-                span.set_attribute("batch_size", len(requests))
-                span.set_attribute("batch_ms", batch_ms)
-                verdict = verdict_from_result(request, result)
-                span.set_attribute("is_anomalous", verdict.is_anomalous)
-                span.set_attribute("defect_type", verdict.defect.type or "" if verdict.defect else "")
-                if verdict.parse_error:
-                    span.set_attribute("parse_error", verdict.parse_error)
-                verdicts.append(verdict)
-            return verdicts
+            return [self._verdict(request, result, span, len(requests), batch_ms)
+                    for request, result, span in zip(requests, results, spans)]
         finally:
             for span in spans:
                 span.end()
+
+    async def ainfer(self, request: JudoFrameRequest) -> Verdict:
+        """One request through an engine that batches concurrent requests itself (``engine.ainfer``: vLLM)."""
+        started_ns = time.time_ns()
+        span = tracer().start_span("judo", context=context_from_carrier(request.trace), start_time=started_ns)
+        try:
+            result = await self.engine.ainfer(request)
+            return self._verdict(request, result, span, 1, (time.time_ns() - started_ns) / 1e6)
+        finally:
+            span.end()
+
+    @staticmethod
+    def _verdict(request: JudoFrameRequest, result: JudoResult, span, batch_size: int, batch_ms: float) -> Verdict:
+        span.set_attribute("frame_id", request.frame_id)
+        span.set_attribute("product", request.product)
+        span.set_attribute("batch_size", batch_size)
+        span.set_attribute("batch_ms", batch_ms)
+        verdict = verdict_from_result(request, result)
+        span.set_attribute("is_anomalous", verdict.is_anomalous)
+        span.set_attribute("defect_type", verdict.defect.type or "" if verdict.defect else "")
+        if verdict.parse_error:
+            span.set_attribute("parse_error", verdict.parse_error)
+        return verdict
 
 
 def http_request_to_frame_request(payload: dict) -> JudoFrameRequest:
@@ -175,6 +187,12 @@ class JudoReplica:
     async def infer(self, request: SuspectFrame | JudoFrameRequest) -> Verdict:
         if isinstance(request, SuspectFrame):
             request = await asyncio.to_thread(with_references, request)
+        return await self.answer(request)
+
+    async def answer(self, request: JudoFrameRequest) -> Verdict:
+        """Through ``@serve.batch``, or straight to an engine that schedules concurrent requests (vLLM)."""
+        if hasattr(self.replica.engine, "ainfer"):
+            return await self.replica.ainfer(request)
         return await self.infer_batch(request)
 
     async def __call__(self, http_request):
@@ -186,7 +204,7 @@ class JudoReplica:
             request = http_request_to_frame_request(await http_request.json())
         except ValueError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
-        verdict = await self.infer_batch(request)
+        verdict = await self.answer(request)
         return JSONResponse(verdict.model_dump(mode="json"))
 
 
@@ -201,11 +219,16 @@ def deployment_options(judo: JudoSection) -> dict:
         "upscale_delay_s": replicas.upscale_delay_s,
         "downscale_delay_s": replicas.downscale_delay_s,
     }
+    for key in ("metrics_interval_s", "look_back_period_s"):  # unset: Serve's defaults
+        if getattr(replicas, key) is not None:
+            autoscaling[key] = getattr(replicas, key)
     actor_options = {"num_cpus": judo.num_cpus, "num_gpus": judo.num_gpus}
     if judo.accelerator_type:
         actor_options["accelerator_type"] = judo.accelerator_type
     if judo.resources:
         actor_options["resources"] = dict(judo.resources)
+    if judo.engine == "vllm" and judo.vllm.python:  # the replica runs in the vLLM engine environment
+        actor_options["runtime_env"] = {"py_executable": str(judo.vllm.python.expanduser())}
     return {"autoscaling_config": autoscaling, "max_queued_requests": judo.max_queued_requests,
             "max_ongoing_requests": max(judo.max_batch_size * 2, 2), "ray_actor_options": actor_options}
 

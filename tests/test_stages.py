@@ -111,8 +111,9 @@ def test_config_validates_and_explains_errors():
         parse_config({**MINIMAL, "products": {"nut": {"bank": "b"}}})
     with pytest.raises(ConfigError, match=r"judo.replicas: Value error, max must be >= min"):
         parse_config({**MINIMAL, "judo": {"checkpoint": "c", "replicas": {"min": 3, "max": 1}}})
-    with pytest.raises(ConfigError, match=r"judo: Value error, engine vllm needs num_gpus > 0"):
-        parse_config({**MINIMAL, "judo": {"checkpoint": "c", "engine": "vllm"}})
+    with pytest.raises(ConfigError, match=r"judo: Value error, engine vllm on device 'cuda' needs num_gpus > 0"):
+        parse_config({**MINIMAL, "judo": {"checkpoint": "c", "engine": "vllm", "device": "cuda"}})
+    assert parse_config({**MINIMAL, "judo": {"checkpoint": "c", "engine": "vllm"}}).judo.num_gpus == 0  # CPU build
     with pytest.raises(ConfigError, match=r"kafka.mode is external"):
         parse_config({**MINIMAL, "kafka": {"mode": "external"}})
     with pytest.raises(ConfigError, match=r"judo.typo: Extra inputs are not permitted"):

@@ -15,7 +15,7 @@ from transformers import LogitsProcessorList
 
 from judo_model.modeling import load_checkpoint
 from judo_model.processing import JudoProcessor
-from judo_model.runtime.constraints import ChoiceConstraint
+from judo_model.runtime.constraints import ChoiceConstraint, RowChoiceConstraints
 from judo_model.runtime.output import ANSWER_CLOSE, ANSWER_OPEN, ParsedOutput, answer_words, parse_output
 from judo_model.runtime.prompting import ImageLike, JudoPrompt, Question, build_prompt, prompt_text
 
@@ -42,12 +42,17 @@ class JudoModel:
 
     def _inputs(self, prompt_suffix: str = "", **prompt_kwargs):
         """Model inputs for a prompt, optionally with text already written by the assistant."""
-        return self._encode(build_prompt(**prompt_kwargs), prompt_suffix)
+        return self.encode_batch([build_prompt(**prompt_kwargs)], [prompt_suffix])
 
-    def _encode(self, prompt: JudoPrompt, prompt_suffix: str = ""):
-        text = prompt_text(self.processor, prompt) + prompt_suffix
-        images = prompt.images or None  # a text-only prompt: the image processor rejects an empty list
-        return self.processor(text=[text], images=images, return_tensors="pt").to(self.device)
+    def encode_batch(self, prompts: Sequence[JudoPrompt], prefixes: Sequence[str] | None = None):
+        """Model inputs for prompts (each followed by its prefix, text already written by the assistant),
+        left-padded to one length (whatever the tokenizer's own padding side: a stock Qwen tokenizer pads
+        right); the images of every row concatenated in placeholder order."""
+        prefixes = _per_row(prefixes, len(prompts), "", "prefixes")
+        texts = [prompt_text(self.processor, prompt) + prefix for prompt, prefix in zip(prompts, prefixes)]
+        images = [image for prompt in prompts for image in prompt.images] or None  # the processor rejects []
+        return self.processor(text=texts, images=images, padding=True, padding_side="left",
+                              return_tensors="pt").to(self.device)
 
     @torch.inference_mode()
     def generate(
@@ -90,14 +95,41 @@ class JudoModel:
         prefix: str = "",
     ) -> tuple[str, ParsedOutput]:
         """:meth:`generate` for a prompt already built (e.g. Stage 0's text-only notes)."""
-        inputs = self._encode(prompt, prefix)
-        constraint = ChoiceConstraint.for_output(self.processor.tokenizer, inputs["input_ids"].shape[1],
-                                                 defect_types=defect_types, answer_options=answer_options)
+        return self.generate_batch([prompt], max_new_tokens, [defect_types], [answer_options], [prefix])[0]
+
+    @torch.inference_mode()
+    def generate_batch(
+        self,
+        prompts: Sequence[JudoPrompt],
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        defect_types: Sequence[Sequence[str] | None] | None = None,
+        answer_options: Sequence[Sequence[str] | None] | None = None,
+        prefixes: Sequence[str] | None = None,
+    ) -> list[tuple[str, ParsedOutput]]:
+        """Greedy-decode several prompts in one ``generate`` call; one (raw text, parse) per prompt.
+
+        Rows are left-padded to one length (the attention mask keeps padding out of attention
+        and of Qwen2.5-VL's 3D rope positions), each row shows its own images, decodes its own
+        closed slots (``defect_types[i]``, ``answer_options[i]``: see :meth:`generate`) and stops
+        at its own end of turn. The per-row lists default to None / "" for every row.
+        """
+        if not prompts:
+            return []
+        rows = len(prompts)
+        defect_types = _per_row(defect_types, rows, None, "defect_types", choices=True)
+        answer_options = _per_row(answer_options, rows, None, "answer_options", choices=True)
+        prefixes = _per_row(prefixes, rows, "", "prefixes")
+        tokenizer = self.processor.tokenizer
+        inputs = self.encode_batch(prompts, prefixes)
+        length = inputs["input_ids"].shape[1]  # left padding: every row's answer starts here
+        constraints = [ChoiceConstraint.for_output(tokenizer, length, defect_types=types, answer_options=options)
+                       for types, options in zip(defect_types, answer_options)]
+        guided = [RowChoiceConstraints(constraints)] if any(c is not None for c in constraints) else []
         output_ids = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                         logits_processor=LogitsProcessorList([constraint] if constraint else []))
-        new_ids = output_ids[0, inputs["input_ids"].shape[1] :]
-        raw = prefix + self.processor.tokenizer.decode(new_ids, skip_special_tokens=True)
-        return raw, parse_output(raw)
+                                         logits_processor=LogitsProcessorList(guided))
+        raws = [prefix + text for prefix, text in
+                zip(prefixes, tokenizer.batch_decode(output_ids[:, length:], skip_special_tokens=True))]
+        return [(raw, parse_output(raw)) for raw in raws]
 
     @torch.inference_mode()
     def score_options(
@@ -165,3 +197,16 @@ def answer_prefix(raw_output: str) -> str:
     region_end = raw_output.rfind("</region>")
     kept = raw_output[: region_end + len("</region>")] if region_end >= 0 else raw_output
     return kept.rstrip() + "\n" + ANSWER_OPEN
+
+
+def _per_row(values, rows: int, default, name: str, choices: bool = False) -> list:
+    """A per-row argument as a list of ``rows`` values (``default`` for each when None);
+    ``choices``: each value is a list of texts or None (a bare string is a mistake, not a list)."""
+    if values is None:
+        return [default] * rows
+    values = list(values)
+    if len(values) != rows:
+        raise ValueError(f"{name}: {len(values)} values for {rows} prompts (one per prompt)")
+    if choices and any(isinstance(value, str) for value in values):
+        raise ValueError(f"{name}: expected one list of choices (or None) per prompt, got a string")
+    return values

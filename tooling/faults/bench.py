@@ -6,9 +6,11 @@ import logging
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 from cluster.local_kafka import LocalKafka
+from cluster.ray_nodes import LocalRayCluster
 from cluster.ray_runtime import start_ray, stop_ray
 from judo_model.prefilter.features import BackboneConfig, PreprocessConfig
 from judo_model.prefilter.patchcore import PatchCoreConfig
@@ -52,17 +54,30 @@ def wait_for_group(settings, group: str, members: int, timeout_s: float = 120.0)
                        f"(last seen: {seen})")
 
 
+#: The two-node cluster of the node faults: JUDO replicas need ``judo_gpu`` (one per node at first, as
+#: Serve spreads them); the head has room for both once the worker is gone.
+HEAD_RESOURCES = {"judo_gpu": 2.0}
+WORKER_RESOURCES = {"judo_gpu": 1.0}
+
+
 class FaultBench:
     """Fits small prefilter banks and renders the frames once; :meth:`run` runs one fault.
 
-    Use as a context manager: it starts Ray and a single-broker Kafka for the runs (a three-broker
-    cluster is started only for the faults that need it) and stops them afterwards.
+    Use as a context manager: it starts a single-broker Kafka for the runs (a three-broker cluster is
+    started only for the faults that need it) and a local Ray; a fault that needs several Ray nodes,
+    or every run when ``ray_nodes`` > 1, gets a fresh :class:`cluster.ray_nodes.LocalRayCluster` of
+    that many nodes (``ray start``), joined by address. Everything is stopped afterwards.
     """
 
-    def __init__(self, work: Path, settings: FaultSettings | None = None, checkpoint: Path | None = None):
+    def __init__(self, work: Path, settings: FaultSettings | None = None, checkpoint: Path | None = None,
+                 ray_nodes: int = 1):
+        if ray_nodes < 1:
+            raise ValueError(f"ray_nodes must be >= 1, got {ray_nodes}")
         self.work = Path(work)
         self.settings = settings or FaultSettings()
         self.checkpoint = Path(checkpoint or SHIPPED_CHECKPOINT)
+        self.ray_nodes = ray_nodes
+        self.clusters: list[LocalRayCluster] = []  # the multi-node clusters of the runs (stopped after each)
         self.kafka: LocalKafka | None = None
         self._owns_ray = False
 
@@ -76,19 +91,43 @@ class FaultBench:
         self.frames = list(CameraSimulator(CAMERAS, defect_rate=s.defect_rate, seed=s.seed, size=s.size,
                                            run_id="faults").frames(s.frames))
         self.kafka = LocalKafka(brokers=1).start()
-        self._owns_ray = start_ray(None, num_cpus=2)
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._owns_ray:
             stop_ray()
+            self._owns_ray = False
         if self.kafka is not None:
             self.kafka.stop()
 
-    def config(self, bootstrap: str, tag: str, brokers: int) -> PipelineConfig:
-        """A throughput-oriented pipeline: 2 drivers, 2 prefilter actors, 2 JUDO replicas, no trace file."""
+    @contextmanager
+    def _ray_for(self, fault: Fault):
+        """Ray for one run: the local instance (started once), or a fresh cluster of several nodes."""
+        nodes = max(self.ray_nodes, fault.ray_nodes)
+        if nodes == 1:
+            if not self._owns_ray:
+                self._owns_ray = start_ray(None, num_cpus=2)
+            yield None
+            return
+        if self._owns_ray:  # one process joins one Ray at a time
+            stop_ray()
+            self._owns_ray = False
+        cluster = LocalRayCluster.with_workers(nodes - 1, head_resources=HEAD_RESOURCES,
+                                               worker_resources=WORKER_RESOURCES)
+        self.clusters.append(cluster)
+        with cluster:
+            try:
+                yield cluster
+            finally:
+                stop_ray()
+
+    def config(self, bootstrap: str, tag: str, brokers: int, ray_address: str | None = None) -> PipelineConfig:
+        """A throughput-oriented pipeline: 2 drivers, 2 prefilter actors, 2 JUDO replicas, no trace file.
+        On a cluster (``ray_address``) the JUDO replicas need a ``judo_gpu`` each, as GPU nodes would."""
         s = self.settings
         replication = min(brokers, 3)
+        on_cluster = {"ray": {"address": ray_address}} if ray_address else {}
+        judo_resources = {"resources": {"judo_gpu": 1}} if ray_address else {}
         return PipelineConfig.model_validate({
             "kafka": {"mode": "external", "settings": {"bootstrap_servers": bootstrap}},
             "topics": {"frames": f"{tag}.frames", "verdicts": f"{tag}.verdicts", "dead_letters": f"{tag}.dlq",
@@ -101,26 +140,30 @@ class FaultBench:
             "ingest": {"actors": 2, "group_id": tag, "max_in_flight": 128, "max_poll_records": 64,
                        "poll_timeout_ms": 100, "judo_retries": 3},
             "judo": {"checkpoint": str(self.checkpoint), "max_batch_size": 4, "max_new_tokens": 96,
-                     "replicas": {"min": 2, "max": 2}, "num_cpus": 0, "request_timeout_s": s.judo_timeout_s},
+                     "replicas": {"min": 2, "max": 2}, "num_cpus": 0, "request_timeout_s": s.judo_timeout_s,
+                     **judo_resources},
             "telemetry": {"trace_file": None},
+            **on_cluster,
         })
 
     def run(self, name: str) -> FaultReport:
         fault = FAULTS[name]
-        if fault.brokers == 1:
-            return self._run(fault, self.kafka)
-        with LocalKafka(brokers=fault.brokers) as kafka:
-            return self._run(fault, kafka)
+        with self._ray_for(fault) as ray_cluster:
+            if fault.brokers == 1:
+                return self._run(fault, self.kafka, ray_cluster)
+            with LocalKafka(brokers=fault.brokers) as kafka:
+                return self._run(fault, kafka, ray_cluster)
 
-    def _run(self, fault: Fault, kafka: LocalKafka) -> FaultReport:
+    def _run(self, fault: Fault, kafka: LocalKafka, ray_cluster: LocalRayCluster | None) -> FaultReport:
         s = self.settings
         tag = f"faults-{fault.name}-{uuid.uuid4().hex[:6]}"
-        config = self.config(kafka.bootstrap_servers, tag, fault.brokers)
+        config = self.config(kafka.bootstrap_servers, tag, fault.brokers,
+                             ray_cluster.address if ray_cluster else None)
         frames = [SimulatedFrame(f.frame.model_copy(update={"frame_id": f"{tag}-{i:05d}"}), f.is_defective,
                                  f.defect_type, f.bbox) for i, f in enumerate(self.frames)]
         expected = {f.frame.frame_id for f in frames}
         pipeline = Pipeline(config, kafka.settings(), judo_deployment=fault.judo_deployment).start()
-        ctx = FaultContext(kafka, pipeline, config, s, fault.judo_deployment)
+        ctx = FaultContext(kafka, pipeline, config, s, fault.judo_deployment, ray_cluster)
         try:
             wait_for_group(kafka.settings(), config.ingest.group_id, config.ingest.actors, s.timeout_s)
         except TimeoutError as exc:

@@ -9,6 +9,7 @@ from typing import Callable
 import ray
 
 from cluster.local_kafka import LocalKafka
+from cluster.ray_nodes import LocalRayCluster
 from pipelines.config import PipelineConfig
 from pipelines.runner import Pipeline
 from pipelines.serve_app import APP_NAME, DEPLOYMENT_NAME
@@ -62,13 +63,17 @@ class FaultReport:
 
 @dataclass
 class FaultContext:
-    """What a fault may act on; ``restart_pipeline`` swaps ``pipeline`` for a new one (same JUDO deployment)."""
+    """What a fault may act on; ``restart_pipeline`` swaps ``pipeline`` for a new one (same JUDO deployment).
+    ``ray_cluster``: the Ray cluster of several nodes the run is on (None: a local Ray); ``marks``: what
+    ``inject`` leaves for ``observe`` (e.g. when it acted)."""
 
     kafka: LocalKafka
     pipeline: Pipeline
     config: PipelineConfig
     settings: FaultSettings
     judo_deployment: object | None = None
+    ray_cluster: LocalRayCluster | None = None
+    marks: dict = field(default_factory=dict)
 
     def restart_pipeline(self) -> None:
         self.pipeline.stop()
@@ -121,6 +126,48 @@ def _judo_replicas_after(ctx: FaultContext) -> dict:
     return {"replicas_after": [a["name"] for a in judo_replicas()]}
 
 
+def actor_placement(ctx: FaultContext) -> dict[str, list[str]]:
+    """The node role (``head``, ``worker-1``, ...) of each live pipeline actor and JUDO replica, by kind."""
+    roles = {n["node_id"]: n["role"] for n in ctx.ray_cluster.describe_nodes(ray.nodes())}
+    alive = {a["ActorID"]: a for a in ray._private.state.actors().values() if a["State"] == "ALIVE"}
+    handles = ctx.pipeline.handles
+    placement = {kind: sorted(roles.get(alive[h._actor_id.hex()]["Address"]["NodeID"], "?") for h in group
+                              if h._actor_id.hex() in alive)
+                 for kind, group in (("prefilter", handles.prefilter), ("sink", [handles.sink]),
+                                     ("driver", handles.drivers))}
+    replicas = {a["name"] for a in judo_replicas()}
+    placement["judo"] = sorted(roles.get(a["Address"]["NodeID"], "?") for a in alive.values() if a["Name"] in replicas)
+    return placement
+
+
+def _node_killed(ctx: FaultContext) -> dict:
+    before = actor_placement(ctx)
+    killed = ctx.ray_cluster.kill_worker(1, ray.nodes())
+    ctx.marks["killed_at"] = time.monotonic()
+    return {"placement_before": before, "killed_node": killed["role"], "killed_raylet_pid": killed["raylet_pid"],
+            "ray_address": ray.get_runtime_context().gcs_address}
+
+
+def _node_killed_after(ctx: FaultContext, timeout_s: float = 120.0) -> dict:
+    """Wait until the killed node is dead and every actor and replica runs again (on the nodes left); report
+    where, and how long after the kill that was."""
+    killed = ctx.ray_cluster.killed[-1]
+    expected = {"prefilter": ctx.config.prefilter.actors, "sink": 1, "driver": ctx.config.ingest.actors,
+                "judo": ctx.config.judo.replicas.min}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        nodes = ctx.ray_cluster.describe_nodes(ray.nodes())
+        placement = actor_placement(ctx)
+        back = (not any(n["alive"] for n in nodes if n["role"] == killed)
+                and all(len(placement[k]) == n and killed not in placement[k] for k, n in expected.items()))
+        if back or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    return {"placement_after": placement, "all_back": back,
+            "alive_nodes": sorted(n["role"] for n in nodes if n["alive"]),
+            "recreated_after_s": round(time.monotonic() - ctx.marks["killed_at"], 1) if back else None}
+
+
 def _judo_replica_stalled(ctx: FaultContext) -> dict:
     stalled = ctx.pipeline.handles.judo.inject_stall.remote(ctx.settings.stall_s).result()
     return {"stalled": stalled, "stall_s": ctx.settings.stall_s, "request_timeout_s": ctx.settings.judo_timeout_s}
@@ -144,6 +191,7 @@ class Fault:
     brokers: int = 1
     observe: Callable[[FaultContext], dict] | None = None
     judo_deployment: object | None = None
+    ray_nodes: int = 1
 
 
 FAULTS = {f.name: f for f in [
@@ -159,4 +207,7 @@ FAULTS = {f.name: f for f in [
           observe=_judo_replicas_after, judo_deployment=StallingJudoReplica),
     Fault("pipeline_restarted", "the whole pipeline stopped and started again, same consumer group",
           _pipeline_restarted),
+    Fault("node_killed", "a two-node Ray cluster (`ray start`, one machine): the worker node's raylet killed "
+          "(SIGKILL), its actors and JUDO replica recreated on the head", _node_killed, observe=_node_killed_after,
+          ray_nodes=2),
 ]}
