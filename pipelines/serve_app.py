@@ -35,6 +35,9 @@ from judo_model.runtime.prompting import Question
 from pipelines.config import JudoSection, PipelineConfig, load_config
 from pipelines.engines import JudoEngine, JudoFrameRequest, JudoResult, make_engine
 
+#: The folder holding this checkout's packages (what a replica in another environment must import).
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
 DEPLOYMENT_NAME = "judo"
 APP_NAME = "judo"
 
@@ -228,7 +231,9 @@ def deployment_options(judo: JudoSection) -> dict:
     if judo.resources:
         actor_options["resources"] = dict(judo.resources)
     if judo.engine == "vllm" and judo.vllm.python:  # the replica runs in the vLLM engine environment
-        actor_options["runtime_env"] = {"py_executable": str(judo.vllm.python.expanduser())}
+        # with this checkout's code first on its path, not whichever checkout that environment was installed from
+        actor_options["runtime_env"] = {"py_executable": str(judo.vllm.python.expanduser()),
+                                        "env_vars": {"PYTHONPATH": str(PROJECT_ROOT)}}
     return {"autoscaling_config": autoscaling, "max_queued_requests": judo.max_queued_requests,
             "max_ongoing_requests": max(judo.max_batch_size * 2, 2), "ray_actor_options": actor_options}
 

@@ -47,7 +47,8 @@ def test_vllm_on_cpu_needs_no_gpu_and_its_replica_runs_in_the_engine_environment
                                               "vllm": {"python": "~/venv/bin/python"}}})
     options = deployment_options(config.judo)["ray_actor_options"]
     assert options["num_gpus"] == 0
-    assert options["runtime_env"] == {"py_executable": str(Path("~/venv/bin/python").expanduser())}
+    assert options["runtime_env"] == {"py_executable": str(Path("~/venv/bin/python").expanduser()),
+                                      "env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}}
     transformers = parse_config({**CONFIG, "judo": {"checkpoint": "c", "vllm": {"python": "/x/bin/python"}}})
     assert "runtime_env" not in deployment_options(transformers.judo)["ray_actor_options"]
     assert set(config.judo.vllm.engine_options()) == {"max_model_len", "gpu_memory_utilization", "cpu_kvcache_gib",
