@@ -37,9 +37,11 @@ $(VLLM_STAMP): pyproject.toml scripts/vllm_env.sh | $(STAMP)
 vllm-env: install $(VLLM_STAMP)
 	$(VLLM_VENV)/bin/python -m pip install -q --no-deps --no-build-isolation -e .
 
-# The vLLM engine's tests (tests/test_vllm_engine.py: parity with the transformers engine, Serve on vLLM).
+# The vLLM engine's tests alone (tests/test_vllm_engine.py: parity with the transformers engine, MMAD
+# answers, a Serve replica and the whole pipeline on vLLM); `make test` runs them too.
 test-vllm: kafka-jars vllm-env
-	$(PY) -m pytest -q -p no:cacheprovider -rfEs tests/test_vllm_engine.py
+	JUDO_REQUIRE_VLLM=1 JUDO_VLLM_PYTHON=$(VLLM_VENV)/bin/python \
+		$(PY) -m pytest -q -p no:cacheprovider -rfEs tests/test_vllm_engine.py
 
 kafka-jars: install
 	$(PY) -m pipelines.cli kafka fetch >/dev/null
@@ -48,8 +50,11 @@ demo: kafka-jars
 	$(VENV)/bin/judo demo
 
 # Skipped tests print their reason (-rs); the real-image tests read JUDO_REAL_DATA (docs/data.md).
-test: kafka-jars browser
-	$(PY) -m pytest -q -p no:cacheprovider -rfEs tests
+# The vLLM engine environment is part of the suite: its tests fail, not skip, when it is missing
+# (JUDO_REQUIRE_VLLM; a plain pytest without it skips them and says why).
+test: kafka-jars browser vllm-env
+	JUDO_REQUIRE_VLLM=1 JUDO_VLLM_PYTHON=$(VLLM_VENV)/bin/python \
+		$(PY) -m pytest -q -p no:cacheprovider -rfEs tests
 
 # The fault-injection suite alone (tests/test_faults.py, part of `make test`; about 25 min on 2 cores).
 test-faults: kafka-jars

@@ -99,8 +99,8 @@ class FrameDecoder:
 
     @staticmethod
     def _reject(record: RawRecord, exc: Exception, span) -> Rejected:
-        span.set_attribute("dead_letter.reason", str(exc)[:500])
         letter = dead_letter_for(
             "ingest", exc, topic=record.position.topic, partition=record.position.partition,
             offset=record.position.offset, key=record.key, value=record.value, headers=record.headers)
+        span.set_attribute("dead_letter.reason", letter.reason[:500])
         return Rejected(letter, record.position, context_to_carrier())

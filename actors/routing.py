@@ -29,11 +29,15 @@ class Router:
             raise ValueError("the router needs a threshold for at least one product")
         self.thresholds = dict(thresholds)
 
-    def decide(self, product: str, score: float) -> RouteDecision:
+    def threshold_of(self, product: str) -> float:
+        """The product's routing threshold (the prefilter attaches JUDO's evidence by the same one)."""
         try:
-            threshold = self.thresholds[product]
+            return self.thresholds[product]
         except KeyError:
             raise UnknownProductError(f"no routing threshold for product {product!r}") from None
+
+    def decide(self, product: str, score: float) -> RouteDecision:
+        threshold = self.threshold_of(product)
         return RouteDecision(to_judo=score > threshold, score=float(score), threshold=threshold)
 
     def set_threshold(self, product: str, threshold: float) -> None:
@@ -47,5 +51,5 @@ def prefilter_verdict(frame, decision: RouteDecision, *, model_version: str, lat
         frame_id=frame.frame_id, camera_id=frame.camera_id, line_id=frame.line_id, product=frame.product,
         stage="prefilter", anomaly_score=decision.score, threshold=decision.threshold,
         is_anomalous=decision.to_judo, model_version=model_version,
-        latency_ms=dict(latency_ms), trace_id=trace_id, captured_at=frame.captured_at,
+        latency_ms=dict(latency_ms), trace_id=trace_id, captured_at=frame.captured_at, decided_by="prefilter",
     )

@@ -45,8 +45,9 @@ from cluster.ray_runtime import start_ray, stop_ray  # noqa: E402
 from cluster.telemetry import percentile  # noqa: E402
 from pipelines.commands import SHIPPED_CHECKPOINT  # noqa: E402
 from pipelines.config import JudoSection  # noqa: E402
-from pipelines.engines import (JudoEngine, JudoFrameRequest, TransformersEngine, VllmEngine,  # noqa: E402
+from pipelines.engines import (JudoEngine, TransformersEngine, VllmEngine,  # noqa: E402
                                model_version_of)
+from pipelines.judo_request import JudoFrameRequest  # noqa: E402
 from pipelines.serve_app import JudoReplica, deployment_options  # noqa: E402
 
 from benchmarks.judo_requests import sample_requests  # noqa: E402  (also imported from here by others)
@@ -63,6 +64,10 @@ def build_transformers(judo: JudoSection) -> JudoEngine:
                               torch_threads=judo.torch_threads)
 
 
+#: Further ``AsyncEngineArgs`` for the vLLM engine (``--vllm-args``, e.g. scheduler settings), set by main.
+VLLM_ARGS: dict = {}
+
+
 def build_vllm(judo: JudoSection) -> JudoEngine:
     """vLLM's async engine (:class:`pipelines.engines.VllmEngine`), measured per request through its
     ``ainfer(request)`` coroutine; only where vLLM is installed (the engine environment, docs/vllm.md)."""
@@ -70,7 +75,7 @@ def build_vllm(judo: JudoSection) -> JudoEngine:
         raise EngineUnavailable(f"vLLM is not installed in {sys.executable}; run this benchmark with the engine "
                                 "environment's Python (make vllm-env; docs/vllm.md)")
     return VllmEngine(judo.checkpoint, device=judo.device, max_new_tokens=judo.max_new_tokens,
-                      max_num_seqs=max(judo.max_batch_size, 16), **judo.vllm.engine_options())
+                      **{"max_num_seqs": max(judo.max_batch_size, 16), **judo.vllm.engine_options(), **VLLM_ARGS})
 
 
 class ServeReplicaEngine:
@@ -261,6 +266,9 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--torch-threads", type=int, default=1, help="torch threads per replica")
     parser.add_argument("--checkpoint", type=Path, default=SHIPPED_CHECKPOINT)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU (benchmarks/gpu_check.sh)")
+    parser.add_argument("--vllm-args", type=json.loads, default={},
+                        help='JSON of further vLLM engine arguments, e.g. \'{"max_num_batched_tokens": 8192}\'')
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=Path("docs/engines_benchmark.json"))
     args = parser.parse_args()
@@ -271,7 +279,8 @@ def main() -> None:
     levels = [int(c) for c in args.concurrency.split(",")]
     if any(c < 1 for c in levels) or args.requests < 1 or args.max_batch_size < 1:
         parser.error("concurrency levels, --requests and --max-batch-size must be >= 1")
-    judo = JudoSection(checkpoint=args.checkpoint, max_new_tokens=args.max_new_tokens,
+    VLLM_ARGS.update(args.vllm_args)
+    judo = JudoSection(checkpoint=args.checkpoint, max_new_tokens=args.max_new_tokens, device=args.device,
                        max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_s,
                        torch_threads=args.torch_threads)
     requests = sample_requests(args.requests, args.seed)
@@ -279,6 +288,7 @@ def main() -> None:
         "settings": {"requests": args.requests, "concurrency": levels, "max_batch_size": args.max_batch_size,
                      "batch_wait_s": args.batch_wait_s, "max_new_tokens": args.max_new_tokens,
                      "torch_threads": args.torch_threads, "checkpoint": str(args.checkpoint), "seed": args.seed,
+                     "device": args.device, "vllm_args": args.vllm_args,
                      "cpus": os.cpu_count(), "machine": platform.platform(),
                      "target": "issue #25: requests/s at concurrency 16 >= 2 x concurrency 1, per replica"},
         "engines": {name: run_engine(name, judo, requests, levels, args.max_batch_size, args.batch_wait_s,

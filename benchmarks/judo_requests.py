@@ -10,8 +10,8 @@ import numpy as np
 
 from judo_model.data.synth.products import PRODUCTS
 from judo_model.data.synth.render import render_sample
-from judo_model.runtime.prompting import Question
-from pipelines.engines import JudoFrameRequest
+from judo_model.runtime.questions import Question
+from pipelines.judo_request import JudoFrameRequest
 
 QUESTIONS = (
     Question("Is there any defect in the object?", {"A": "Yes", "B": "No"}),

@@ -1,6 +1,6 @@
 """Pipeline benchmark: sustained frames/s, latency per path, loss and duplicates, Kafka + Ray overhead.
 
-Run: ``python benchmarks/pipeline.py --frames 300 --json docs/pipeline_benchmark.json``
+Run: ``python benchmarks/pipeline.py --frames 300 --json docs/pipeline_benchmark.json --markdown docs/pipeline.md``
 
 1. Max rate: all frames (rendered beforehand, as in the in-process run) published at once;
    sustained rate = frames / (last verdict - first frame).
@@ -12,8 +12,9 @@ Run: ``python benchmarks/pipeline.py --frames 300 --json docs/pipeline_benchmark
    that no frame is routed (JUDO out of the path): max rate and p50/p99 at 80 % of it.
 5. The bare prefilter (``PrefilterService.score_frames`` in this process, batches of
    ``prefilter.batch_size``, ``threads_per_actor`` threads) on the same frames; pass path / bare ratio.
-6. Stage-time table: median per-frame span time per stage inside the pipeline (trace file of the
-   max-rate run) vs the same stage in isolation in this process; ratio (target <= 1.5).
+6. Stage-time table: median per-frame span time per stage inside the pipeline (trace files of the
+   max-rate run and of the run at 80 % of it) vs the same stage in isolation in this process; ratio
+   (target <= 1.5). At max rate every core is busy, so a stage also waits there for a core.
 """
 
 from __future__ import annotations
@@ -41,15 +42,18 @@ from cluster.telemetry import percentile  # noqa: E402
 from pipelines.commands import SHIPPED_CHECKPOINT  # noqa: E402
 from pipelines.frame_path import FramePath  # noqa: E402
 from pipelines.runner import Pipeline, routing_thresholds  # noqa: E402
-from pipelines.serve_app import JudoInference, SuspectFrame, with_references  # noqa: E402
+from pipelines.judo_request import SuspectFrame  # noqa: E402
+from pipelines.serve_app import JudoInference, with_references  # noqa: E402
 from tooling.demo import DEMO_PRODUCTS, demo_config, prepare_banks  # noqa: E402
 from tooling.gallery import collect_verdicts  # noqa: E402
 from tooling.simulator import CameraSimulator, CameraSpec, publish_frames  # noqa: E402
 
+from benchmarks.markdown_blocks import pipeline_markdown, write_block  # noqa: E402
 from benchmarks.stage_times import (  # noqa: E402
     isolation, pipeline_stage_ms, spans_since, stage_table, trace_size)
 
 NEVER_ROUTED = 1e9  # a routing threshold no anomaly score reaches: JUDO out of the path
+MARKDOWN_BLOCK = "pipeline_benchmark.json"  # the block of docs/pipeline.md rendered from the JSON
 
 
 def run_stream(kafka, config, cameras, frames: int, fps: float | None, seed: int, tag: str) -> dict:
@@ -94,9 +98,9 @@ class LocalPrefilter:
         self.service = service
         self.references_k = references_k
 
-    async def screen(self, product: str, frames: list) -> list[dict]:
+    async def screen(self, product: str, frames: list, threshold: float) -> list[dict]:
         return self.service.screen_frames(product, [f.image for f in frames], [f.trace for f in frames],
-                                          [f.frame.frame_id for f in frames], self.references_k)
+                                          [f.frame.frame_id for f in frames], self.references_k, threshold)
 
 
 class LocalJudo:
@@ -148,7 +152,13 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--json", type=Path, default=Path("docs/pipeline_benchmark.json"))
     parser.add_argument("--work", type=Path, default=Path("runs/bench-pipeline"))
+    parser.add_argument("--markdown", type=Path, default=None,
+                        help="also rewrite the benchmark tables in this file (docs/pipeline.md)")
+    parser.add_argument("--from-json", action="store_true", help="render --markdown from --json without running")
     args = parser.parse_args()
+    if args.from_json:
+        write_block(args.markdown, MARKDOWN_BLOCK, pipeline_markdown(json.loads(args.json.read_text())))
+        return 0
     logging.getLogger("kafka").setLevel(logging.WARNING)
     console = Console()
     banks = prepare_banks(args.work / "assets", DEMO_PRODUCTS, console=console)
@@ -179,12 +189,16 @@ def main() -> int:
                                              / results["bare_prefilter"]["frames_per_s"])
     results["stage_times"] = stage_table(results["max_rate"]["stages"], alone)
     results["stage_times_passpath"] = stage_table(results["passpath_max_rate"]["stages"], alone)
+    # at max rate every core is busy, so a stage's wall time there includes waiting for a core; at 80 % it does not
+    results["stage_times_paced_80pct"] = stage_table(results["paced_80pct"]["stages"], alone)
     results["targets_issue_25"] = {
         "passpath_vs_bare_prefilter_ge_0_8": results["passpath_vs_bare_prefilter"] >= 0.8,
         "overhead_le_0_15": results["overhead_vs_in_process"] <= 0.15,
         "passpath_p99_le_250ms_at_80pct": results["passpath_paced_80pct"]["pass_p99_ms"] <= 250,
         "each_stage_le_1_5x_isolation": all(r["ratio"] is None or r["ratio"] <= 1.5
                                             for r in results["stage_times"].values()),
+        "each_stage_le_1_5x_isolation_at_80pct": all(r["ratio"] is None or r["ratio"] <= 1.5
+                                                     for r in results["stage_times_paced_80pct"].values()),
     }
 
     table = Table(title=f"pipeline benchmark: {args.frames} frames, 3 lines x 2 cameras, 10% defective")
@@ -202,16 +216,20 @@ def main() -> int:
     console.print(table)
     console.print(f"Kafka + Ray overhead vs in-process stages: {results['overhead_vs_in_process']:.1%}")
     console.print(f"pass path / bare prefilter: {results['passpath_vs_bare_prefilter']:.2f} (target >= 0.8)")
-    stages = Table(title="stage time, median ms per frame: inside the pipeline (max-rate run) vs isolation")
-    for column in ("stage", "pipeline ms", "isolation ms", "ratio"):
+    stages = Table(title="stage time, median ms per frame: inside the pipeline (max rate; 80 % of it) vs isolation")
+    for column in ("stage", "pipeline ms", "isolation ms", "ratio", "pipeline ms at 80 %", "ratio at 80 %"):
         stages.add_column(column)
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     for stage, row in results["stage_times"].items():
-        stages.add_row(stage, fmt(row["pipeline_ms"], ".1f"), fmt(row["isolation_ms"], ".1f"), fmt(row["ratio"], ".2f"))
+        paced = results["stage_times_paced_80pct"][stage]
+        stages.add_row(stage, fmt(row["pipeline_ms"], ".1f"), fmt(row["isolation_ms"], ".1f"), fmt(row["ratio"], ".2f"),
+                       fmt(paced["pipeline_ms"], ".1f"), fmt(paced["ratio"], ".2f"))
     console.print(stages)
     console.print(f"targets (issue #25 item 1): {results['targets_issue_25']}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2))
+    if args.markdown:
+        write_block(args.markdown, MARKDOWN_BLOCK, pipeline_markdown(results))
     return 0
 
 

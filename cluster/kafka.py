@@ -2,7 +2,10 @@
 
 :class:`KafkaSettings` describes a cluster (bootstrap servers plus SSL / SASL settings) and
 builds kafka-python clients (``acks=all``, idempotent producer, manual commits);
-:func:`create_topics` makes topics and waits for their leaders. The embedded broker for
+:func:`create_topics` makes topics and waits for their leaders; :class:`AccessGrant` and
+:func:`grant_access` write the ACLs of a least-privilege principal. Passwords may be named by an
+environment variable or a file (``*_env`` / ``*_file``), read only when a client is built, so
+settings shipped to Ray actors carry the reference, not the secret. The embedded broker for
 laptops, tests and the demo is :mod:`cluster.local_kafka`.
 """
 
@@ -13,9 +16,19 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.admin import NewTopic
+from kafka.admin import (
+    ACL,
+    ACLOperation,
+    ACLPermissionType,
+    ACLResourcePatternType,
+    NewTopic,
+    ResourcePattern,
+    ResourceType,
+)
 from kafka.errors import TopicAlreadyExistsError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from cluster.secrets import SecretError, read_secret
 
 #: Largest record the clients and the embedded brokers accept; frames are images.
 MAX_MESSAGE_BYTES = 20 * 1024 * 1024
@@ -23,6 +36,13 @@ MAX_MESSAGE_BYTES = 20 * 1024 * 1024
 
 class KafkaError(RuntimeError):
     """Kafka could not be fetched, started, reached or stopped; the message says why."""
+
+
+#: SASL mechanisms kafka-python knows but this project cannot configure, and why.
+UNSUPPORTED_MECHANISMS = {
+    "OAUTHBEARER": "it needs a token provider object in the client, which a config cannot carry",
+    "GSSAPI": "Kerberos (a keytab, kinit and the gssapi package) is not wired into the clients",
+}
 
 
 class KafkaSettings(BaseModel):
@@ -35,13 +55,46 @@ class KafkaSettings(BaseModel):
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
-    ssl_password: str | None = None
+    ssl_password: str | None = Field(None, repr=False, description="the client key's password; prefer "
+                                     "ssl_password_env or ssl_password_file")
+    ssl_password_env: str | None = Field(None, description="environment variable holding ssl_password")
+    ssl_password_file: str | None = Field(None, description="file holding ssl_password (first line)")
     ssl_check_hostname: bool = True
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] | None = None
     sasl_plain_username: str | None = None
-    sasl_plain_password: str | None = None
+    sasl_plain_password: str | None = Field(None, repr=False, description="the SASL password inline; prefer "
+                                            "sasl_plain_password_env or sasl_plain_password_file")
+    sasl_plain_password_env: str | None = Field(None, description="environment variable holding the SASL password, "
+                                                "read where each client is built (every node needs it)")
+    sasl_plain_password_file: str | None = Field(None, description="file holding the SASL password (first line), "
+                                                 "read where each client is built (every node needs it)")
     client_id: str = "judo-inspect"
     request_timeout_ms: int = 30_000
+
+    @model_validator(mode="after")
+    def _workable_security(self) -> "KafkaSettings":
+        if self.sasl_mechanism in UNSUPPORTED_MECHANISMS:
+            raise ValueError(f"sasl_mechanism {self.sasl_mechanism} is not supported: "
+                             f"{UNSUPPORTED_MECHANISMS[self.sasl_mechanism]}; use SCRAM-SHA-512 over SASL_SSL")
+        if "SASL" in self.security_protocol:
+            if self.sasl_mechanism is None:
+                raise ValueError(f"security_protocol {self.security_protocol} needs sasl_mechanism "
+                                 "(SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN)")
+            if not self.sasl_plain_username:
+                raise ValueError(f"sasl_mechanism {self.sasl_mechanism} needs sasl_plain_username")
+        for name in ("sasl_plain_password", "ssl_password"):
+            sources = [s for s in (name, f"{name}_env", f"{name}_file") if getattr(self, s)]
+            if len(sources) > 1:
+                raise ValueError(f"give {name} one way only (got {', '.join(sources)})")
+        return self
+
+    def secret(self, name: Literal["sasl_plain_password", "ssl_password"]) -> str | None:
+        """The password ``name``, from its inline value, environment variable or file."""
+        try:
+            return read_secret(value=getattr(self, name), env=getattr(self, f"{name}_env"),
+                               file=getattr(self, f"{name}_file"), what=f"kafka {name}")
+        except SecretError as exc:
+            raise KafkaError(str(exc)) from None
 
     def client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments shared by every kafka-python client."""
@@ -56,7 +109,7 @@ class KafkaSettings(BaseModel):
                 ssl_cafile=self.ssl_cafile,
                 ssl_certfile=self.ssl_certfile,
                 ssl_keyfile=self.ssl_keyfile,
-                ssl_password=self.ssl_password,
+                ssl_password=self.secret("ssl_password"),
                 ssl_check_hostname=self.ssl_check_hostname,
             )
         if "SASL" in self.security_protocol:
@@ -65,7 +118,7 @@ class KafkaSettings(BaseModel):
             kwargs.update(
                 sasl_mechanism=self.sasl_mechanism,
                 sasl_plain_username=self.sasl_plain_username,
-                sasl_plain_password=self.sasl_plain_password,
+                sasl_plain_password=self.secret("sasl_plain_password"),
             )
         return kwargs
 
@@ -99,6 +152,50 @@ class KafkaSettings(BaseModel):
 
     def admin(self, **overrides: Any) -> KafkaAdminClient:
         return KafkaAdminClient(**{**self.client_kwargs(), **overrides})
+
+
+@dataclass(frozen=True)
+class AccessGrant:
+    """What one principal may do: read ``read`` topics (as a member of ``groups``), write ``write`` topics.
+
+    The pipeline's grant is :func:`pipeline_grant`; anything not granted is refused by the broker's
+    authorizer. Describe is implied by read and write, and idempotent writes by write (Kafka >= 3.0).
+    """
+
+    user: str
+    read: tuple[str, ...] = ()
+    write: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+
+    def acls(self) -> list[ACL]:
+        principal = f"User:{self.user}"
+
+        def allow(operation: ACLOperation, kind: ResourceType, name: str) -> ACL:
+            return ACL(principal, "*", operation, ACLPermissionType.ALLOW,
+                       ResourcePattern(kind, name, ACLResourcePatternType.LITERAL))
+
+        return ([allow(ACLOperation.READ, ResourceType.TOPIC, t) for t in self.read]
+                + [allow(ACLOperation.WRITE, ResourceType.TOPIC, t) for t in self.write]
+                + [allow(ACLOperation.READ, ResourceType.GROUP, g) for g in self.groups])
+
+
+def pipeline_grant(user: str, *, frames: str, verdicts: str, dead_letters: str, feedback: str,
+                   group_id: str) -> AccessGrant:
+    """The pipeline's least privilege: read the frames (in its consumer group), write verdicts,
+    dead letters and feedback, nothing else (no topic creation, no reading its own output)."""
+    return AccessGrant(user, read=(frames,), write=(verdicts, dead_letters, feedback), groups=(group_id,))
+
+
+def grant_access(admin_settings: "KafkaSettings", *grants: AccessGrant) -> None:
+    """Write the grants' ACLs with a principal allowed to alter them (a super user)."""
+    acls = [acl for grant in grants for acl in grant.acls()]
+    admin = admin_settings.admin()
+    try:
+        result = admin.create_acls(acls)
+    finally:
+        admin.close()
+    if result.get("failed"):
+        raise KafkaError(f"ACLs not created: {[(str(acl), str(err)) for acl, err in result['failed']]}")
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ import base64
 import json
 import logging
 import os
+import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -31,7 +33,15 @@ KAFKA_VERSION = "4.1.1"
 DIST_DIR = Path(__file__).resolve().parent / "kafka_dist"
 CACHE_ROOT = Path(os.environ.get("JUDO_CACHE", Path.home() / ".cache" / "judo-inspect"))
 
-Listener = Literal["PLAINTEXT", "SASL_PLAINTEXT", "SSL"]
+Listener = Literal["PLAINTEXT", "SASL_PLAINTEXT", "SSL", "SASL_SSL"]
+#: The SASL mechanism of a SASL_SSL local broker: salted, iterated passwords kept in the KRaft metadata.
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+#: The broker certificate's principal (cluster.tls): the controller listener admits only it.
+BROKER_PRINCIPAL = "User:CN=kafka broker,O=judo-inspect test"
+#: The local broker's own super user on a SASL_SSL listener.
+ADMIN_USER = "admin"
+#: What a local SASL user name or password may contain.
+_CREDENTIAL = re.compile(r"^[A-Za-z0-9._~-]{1,128}$")
 
 
 # --------------------------------------------------------------------------- jars
@@ -147,12 +157,17 @@ def _pid_alive(pid: int) -> bool:
 
 def broker_properties(node: BrokerNode, nodes: list[BrokerNode], listener: Listener,
                       sasl_users: dict[str, str], tls: TlsFiles | None,
-                      overrides: dict[str, str] | None = None) -> dict[str, str]:
+                      overrides: dict[str, str] | None = None, *,
+                      admin: tuple[str, str] | None = None, acls: bool = False) -> dict[str, str]:
     """The ``server.properties`` of one combined broker+controller of the local cluster.
 
     Replication settings follow the cluster size (at most 3 replicas, min ISR 2); the client
-    listener is PLAINTEXT, SASL_PLAINTEXT (PLAIN users, the first one is the inter-broker user)
-    or SSL with client certificates required.
+    listener is PLAINTEXT, SASL_PLAINTEXT (PLAIN users, the first one is the inter-broker user),
+    SSL with client certificates required, or SASL_SSL: SCRAM-SHA-512 (users created when the
+    storage is formatted, ``admin`` the inter-broker user) over TLS with client certificates
+    required. With ``acls`` the StandardAuthorizer refuses whatever no ACL allows; the super users
+    are ``admin`` and the brokers themselves, whose controller listener then also requires the
+    broker certificate (mutual TLS), so nobody else reaches the controllers.
     """
     n = len(nodes)
     voters = ",".join(f"{m.node_id}@127.0.0.1:{m.controller_port}" for m in nodes)
@@ -198,6 +213,28 @@ def broker_properties(node: BrokerNode, nodes: list[BrokerNode], listener: Liste
                 "org.apache.kafka.common.security.plain.PlainLoginModule required "
                 f'username="{admin_user}" password="{admin_pw}" {users};',
         })
+    if listener == "SASL_SSL":
+        if admin is None:
+            raise KafkaError("a SASL_SSL listener needs an inter-broker admin user")
+        props.update({
+            "sasl.enabled.mechanisms": SCRAM_MECHANISM,
+            "sasl.mechanism.inter.broker.protocol": SCRAM_MECHANISM,
+            f"listener.name.{listener_name.lower()}.{SCRAM_MECHANISM.lower()}.sasl.jaas.config":
+                "org.apache.kafka.common.security.scram.ScramLoginModule required "
+                f'username="{admin[0]}" password="{admin[1]}";',
+            # a SASL_SSL listener ignores the global ssl.client.auth (KIP-684): ask for certificates by name
+            f"listener.name.{listener_name.lower()}.ssl.client.auth": "required",
+        })
+    if acls:
+        if tls is None or admin is None:
+            raise KafkaError("ACLs on the local broker need the SASL_SSL listener (users and TLS)")
+        props.update({
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "allow.everyone.if.no.acl.found": "false",
+            "super.users": f"User:{admin[0]};{BROKER_PRINCIPAL}",
+            "listener.security.protocol.map": f"{listener_name}:{listener},CONTROLLER:SSL",
+            "listener.name.controller.ssl.client.auth": "required",
+        })
     if tls is not None:
         props.update({
             "ssl.keystore.type": "PEM",
@@ -209,6 +246,17 @@ def broker_properties(node: BrokerNode, nodes: list[BrokerNode], listener: Liste
         })
     props.update(overrides or {})
     return props
+
+
+def scram_admin(sasl_users: dict[str, str]) -> tuple[str, str]:
+    """Check a SASL_SSL local broker's users (they go into JAAS lines and storage-tool arguments) and
+    make its own super user, :data:`ADMIN_USER` with a random password (inter-broker traffic, topics, ACLs)."""
+    if ADMIN_USER in sasl_users:
+        raise ValueError(f"{ADMIN_USER!r} is the broker's own super user; name the users otherwise")
+    bad = [u for u, pw in sasl_users.items() if not (_CREDENTIAL.match(u) and _CREDENTIAL.match(pw))]
+    if bad:
+        raise ValueError(f"SASL user names and passwords may hold only letters, digits and ._~- (users {bad})")
+    return ADMIN_USER, secrets.token_urlsafe(24)
 
 
 def new_cluster_id() -> str:

@@ -4,7 +4,8 @@
 (:mod:`cluster.kafka_broker`) with free ports and its own data directories, waits until the
 cluster serves, creates topics, stops and restarts single brokers on the same data
 directory, and leaves no JVM behind. Its client listener is PLAINTEXT, SASL_PLAINTEXT
-(PLAIN users) or SSL (mutual TLS with a throwaway CA from :mod:`cluster.tls`).
+(PLAIN users), SSL (mutual TLS with a throwaway CA from :mod:`cluster.tls`) or SASL_SSL
+(SCRAM-SHA-512 users over mutual TLS), optionally with ACLs enforced (``acls=True``).
 :func:`kafka_up` / :func:`kafka_down` keep one such cluster running between commands
 (``judo kafka up|down|status``).
 """
@@ -23,11 +24,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cluster.kafka import KafkaError, KafkaSettings, TopicSpec, create_topics
+from cluster.kafka import AccessGrant, KafkaError, KafkaSettings, TopicSpec, create_topics, grant_access
 from cluster.kafka_broker import (
     CACHE_ROOT,
     DIST_DIR,
     KAFKA_VERSION,
+    SCRAM_MECHANISM,
     BrokerNode,
     Listener,
     broker_properties,
@@ -36,7 +38,9 @@ from cluster.kafka_broker import (
     java_executable,
     new_cluster_id,
     port_open,
+    scram_admin,
 )
+from cluster.secrets import write_secret_file
 from cluster.tls import write_tls_files
 
 log = logging.getLogger(__name__)
@@ -60,6 +64,7 @@ class LocalKafka:
         broker_overrides: dict[str, str] | None = None,
         listener: Listener = "PLAINTEXT",
         sasl_users: dict[str, str] | None = None,
+        acls: bool = False,
         start_timeout_s: float = 90.0,
     ) -> None:
         if brokers < 1:
@@ -69,8 +74,12 @@ class LocalKafka:
         self.broker_overrides = dict(broker_overrides or {})
         self.listener = listener
         self.sasl_users = dict(sasl_users or {})
-        if listener == "SASL_PLAINTEXT" and not self.sasl_users:
-            raise ValueError("a SASL_PLAINTEXT listener needs sasl_users")
+        if listener in ("SASL_PLAINTEXT", "SASL_SSL") and not self.sasl_users:
+            raise ValueError(f"a {listener} listener needs sasl_users")
+        if acls and listener != "SASL_SSL":
+            raise ValueError("acls=True needs listener='SASL_SSL' (principals come from SCRAM users)")
+        self.acls = acls
+        self.admin = scram_admin(self.sasl_users) if listener == "SASL_SSL" else None
         self.start_timeout_s = start_timeout_s
         self._own_dir = data_dir is None
         self.root = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="judo-kafka-"))
@@ -80,7 +89,7 @@ class LocalKafka:
                        data_dir=self.root / f"broker-{i + 1}")
             for i in range(brokers)
         ]
-        self.tls = write_tls_files(self.root / "tls") if listener == "SSL" else None
+        self.tls = write_tls_files(self.root / "tls") if listener in ("SSL", "SASL_SSL") else None
         self._started = False
 
     # ---- addresses
@@ -88,18 +97,49 @@ class LocalKafka:
     def bootstrap_servers(self) -> str:
         return ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
 
-    def settings(self, **overrides: Any) -> KafkaSettings:
-        """Client settings for this cluster (SASL credentials of the first user, or the client certificate)."""
+    def settings(self, user: str | None = None, *, password_file: bool = False, **overrides: Any) -> KafkaSettings:
+        """Client settings for this cluster: the client certificate and/or SASL credentials of ``user``
+        (default: the first user). ``password_file`` names the password by a 0600 file in the cluster's
+        folder instead of carrying it inline."""
         values: dict[str, Any] = {"bootstrap_servers": self.bootstrap_servers}
-        if self.listener == "SASL_PLAINTEXT":
-            user, password = next(iter(self.sasl_users.items()))
-            values.update(security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN",
-                          sasl_plain_username=user, sasl_plain_password=password)
         if self.tls is not None:
             values.update(security_protocol="SSL", ssl_cafile=str(self.tls.ca_cert),
                           ssl_certfile=str(self.tls.client_cert), ssl_keyfile=str(self.tls.client_key))
+        if self.listener in ("SASL_PLAINTEXT", "SASL_SSL"):
+            users = self._all_users
+            user = user or next(iter(self.sasl_users))
+            if user not in users:
+                raise ValueError(f"no SASL user {user!r} on this cluster (users: {sorted(users)})")
+            values.update(security_protocol=self.listener,
+                          sasl_mechanism="PLAIN" if self.listener == "SASL_PLAINTEXT" else SCRAM_MECHANISM,
+                          sasl_plain_username=user)
+            if password_file:
+                values["sasl_plain_password_file"] = str(self.password_file(user))
+            else:
+                values["sasl_plain_password"] = users[user]
         values.update(overrides)
         return KafkaSettings(**values)
+
+    def admin_settings(self, **overrides: Any) -> KafkaSettings:
+        """Settings of the broker's super user (SASL_SSL): topics, ACLs, reading anything."""
+        if self.admin is None:
+            return self.settings(**overrides)
+        return self.settings(self.admin[0], **overrides)
+
+    def password_file(self, user: str) -> Path:
+        """A 0600 file in the cluster's folder holding ``user``'s password (written on first use)."""
+        path = self.root / "secrets" / f"{user}.password"
+        if not path.exists():
+            write_secret_file(path, self._all_users[user])
+        return path
+
+    @property
+    def _all_users(self) -> dict[str, str]:
+        return dict(self.sasl_users, **dict([self.admin] if self.admin else []))
+
+    def grant(self, *grants: AccessGrant) -> None:
+        """Write ACLs (``acls=True`` clusters) as the super user."""
+        grant_access(self.admin_settings(), *grants)
 
     # ---- lifecycle
     def start(self) -> "LocalKafka":
@@ -169,7 +209,7 @@ class LocalKafka:
         while time.monotonic() < deadline:
             self._raise_if_dead()
             try:
-                admin = self.settings().admin(request_timeout_ms=5000)
+                admin = self.admin_settings().admin(request_timeout_ms=5000)
                 try:
                     cluster = admin.describe_cluster()
                     live = len(cluster.get("brokers", []))
@@ -184,7 +224,7 @@ class LocalKafka:
         raise KafkaError(f"Kafka not ready after {timeout_s:.0f}s: {last_error}; logs in {self.root}")
 
     def create_topics(self, topics: list[TopicSpec], timeout_s: float = 60.0) -> None:
-        create_topics(self.settings(), topics, timeout_s)
+        create_topics(self.admin_settings(), topics, timeout_s)
 
     # ---- internals
     def _node(self, index: int) -> BrokerNode:
@@ -200,8 +240,10 @@ class LocalKafka:
                 raise KafkaError(f"broker {node.node_id} exited with {node.process.returncode}:\n{tail}")
 
     def _write_config(self, node: BrokerNode) -> None:
-        props = broker_properties(node, self.nodes, self.listener, self.sasl_users, self.tls, self.broker_overrides)
+        props = broker_properties(node, self.nodes, self.listener, self.sasl_users, self.tls, self.broker_overrides,
+                                  admin=self.admin, acls=self.acls)
         node.config_path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        node.config_path.chmod(0o600)  # SASL listeners' JAAS lines hold the inter-broker password
 
     def _java_cmd(self, main_class: str, *args: str) -> list[str]:
         return [
@@ -216,9 +258,15 @@ class LocalKafka:
             return
         cmd = self._java_cmd("kafka.tools.StorageTool", "format", "-t", self.cluster_id,
                              "-c", str(node.config_path), "--ignore-formatted")
+        if self.listener == "SASL_SSL":  # SCRAM users live in the metadata log, written at format time
+            for user, password in [self.admin, *self.sasl_users.items()]:
+                cmd += ["--add-scram", f"{SCRAM_MECHANISM}=[name={user},password={password}]"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise KafkaError(f"formatting broker {node.node_id} failed:\n{proc.stdout}\n{proc.stderr}")
+            output = f"{proc.stdout}\n{proc.stderr}"
+            for password in self._all_users.values():
+                output = output.replace(password, "***")
+            raise KafkaError(f"formatting broker {node.node_id} failed:\n{output}")
 
     def _launch(self, node: BrokerNode) -> None:
         logfile = open(node.log_path, "ab")

@@ -32,6 +32,14 @@ MAX_FRAME_SIDE = 16_384
 Encoding = Literal["png", "jpeg", "bmp", "raw_rgb8"]
 Stage = Literal["prefilter", "judo"]
 PipelineStage = Literal["ingest", "prefilter", "references", "router", "judo", "sink"]
+#: which policy decided a verdict's ``is_anomalous`` (docs/pipeline.md, "Who decides a verdict"):
+#: ``prefilter`` the prefilter alone (below its threshold, or JUDO unavailable); ``judo-confirmed``
+#: JUDO agreed with the prefilter's flag; ``judo-cleared`` JUDO cleared a flagged frame on a product
+#: where its clearing was measured reliable; ``prefilter-flag-kept`` JUDO said no but may not clear
+#: this product, so the flag stands; ``prefilter-judo-unreadable`` JUDO's answer had no verdict,
+#: so the flag stands; ``judo`` JUDO alone, on a frame nothing flagged (an ad-hoc HTTP question)
+DecidedBy = Literal["prefilter", "judo-confirmed", "judo-cleared", "prefilter-flag-kept",
+                    "prefilter-judo-unreadable", "judo"]
 
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")
 
@@ -246,6 +254,10 @@ class Verdict(_AboutAFrame):
     produced_at: datetime = Field(default_factory=utc_now)
     #: ids of the normal references JUDO was shown (best first), so a reviewer sees the same pair
     reference_ids: list[str] = Field(default_factory=list)
+    #: which policy decided ``is_anomalous`` (:data:`DecidedBy`; None in records written before it existed)
+    decided_by: DecidedBy | None = None
+    #: JUDO's own yes/no, kept when the policy did not follow it (None: JUDO did not answer or was not asked)
+    judo_is_anomalous: bool | None = None
 
     @field_validator("trace_id")
     @classmethod

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any, Iterable, NamedTuple
 
 from pydantic import BaseModel, ValidationError
@@ -135,6 +136,16 @@ def dead_letter_from_record(key: bytes | None, value: bytes | None, headers: Ite
     return _json_model_from_record(DeadLetter, value, headers)
 
 
+#: a Python object's default repr (``<_io.BytesIO object at 0x7f...>``), as PIL puts in its messages
+_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def readable_reason(reason: str) -> str:
+    """A failure's words for people: without object reprs and their memory addresses, which differ on
+    every run and say nothing about the record (PIL: ``cannot identify image file <_io.BytesIO object at 0x..>``)."""
+    return _OBJECT_REPR.sub("", reason)
+
+
 def dead_letter_for(
     stage: str,
     error: BaseException | str,
@@ -152,7 +163,7 @@ def dead_letter_for(
     base64-encoded is left out (named in ``omitted``) rather than making the dead letter
     itself unwritable, which would stall the partition behind it.
     """
-    reason = str(error) if str(error) else type(error).__name__
+    reason = readable_reason(str(error) if str(error) else type(error).__name__)
     value = None if value is None else bytes(value)
     letter = DeadLetter(
         stage=stage,

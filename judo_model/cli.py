@@ -8,6 +8,8 @@ own ``register_x(subparsers)`` there.
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 from pathlib import Path
 from typing import Callable
 
@@ -16,12 +18,15 @@ from tqdm import tqdm
 
 from judo_model.data.contact_sheet import draw_contact_sheet
 from judo_model.data.synth.writer import generate_dataset, split_counts
-from judo_model.mmad.answerers import ANSWER_MODES
+from judo_model.mmad.answerers import ANSWER_ENGINES, ANSWER_MODES
 from judo_model.mmad.evaluate import evaluate, render_table, write_result
 from judo_model.mmad.format import MMADDataset
+from judo_model.runtime.vllm_env import VLLM_PYTHON, judo_command, vllm_here, vllm_unavailable
 from judo_model.training.cli import register_train as register_training_commands
 
 Registrar = Callable[[argparse._SubParsersAction], None]
+#: This checkout's root: the code ``judo eval mmad --engine vllm`` runs in the engine environment.
+CHECKOUT = Path(__file__).resolve().parents[1]
 #: Columns used when output is piped or captured, so the 14-column table is not squeezed.
 WIDE_CONSOLE = 220
 
@@ -44,12 +49,38 @@ def _run_contact_sheet(args: argparse.Namespace) -> int:
     return 0
 
 
+def eval_mmad_argv(args: argparse.Namespace) -> list[str]:
+    """The ``judo eval mmad`` arguments that give ``args`` back."""
+    argv = ["eval", "mmad", "--data", str(args.data), "--questions", args.questions, "--model", args.model,
+            "--shots", str(args.shots), "--seed", str(args.seed), "--mode", args.mode, "--engine", args.engine,
+            "--out", str(args.out)]
+    if args.limit is not None:
+        argv += ["--limit", str(args.limit)]
+    flags = {"--similar-templates": args.similar_templates, "--domain-knowledge": args.domain_knowledge,
+             "--verdict-first": args.verdict_first}
+    return argv + [flag for flag, on in flags.items() if on]
+
+
+def _eval_mmad_in_engine_environment(args: argparse.Namespace) -> int:
+    """``--engine vllm`` from a Python without vLLM: the same command, run by the engine environment's
+    ``judo`` (the project is installed there, ``make vllm-env``) on this checkout's code (PYTHONPATH, as
+    a vLLM replica's runtime_env does); its output is this command's."""
+    reason = vllm_unavailable(args.vllm_python)
+    if reason:
+        raise SystemExit(f"judo eval mmad --engine vllm: {reason}")
+    paths = [str(CHECKOUT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return subprocess.run([str(judo_command(args.vllm_python)), *eval_mmad_argv(args)],
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)}).returncode
+
+
 def _run_eval_mmad(args: argparse.Namespace) -> int:
+    if args.engine == "vllm" and not vllm_here():
+        return _eval_mmad_in_engine_environment(args)
     # CLI start-up: a JUDO answerer loads torch and transformers; the other commands must not pay for them
     from judo_model.mmad.judo_answerer import load_answerer
     dataset = MMADDataset(args.data, args.questions)
     answerer = load_answerer(args.model, seed=args.seed, data_dir=args.data, questions_file=args.questions,
-                             mode=args.mode, verdict_first=args.verdict_first)
+                             mode=args.mode, verdict_first=args.verdict_first, engine=args.engine)
     result = evaluate(dataset, answerer, shots=args.shots, use_domain_knowledge=args.domain_knowledge,
                       limit=args.limit, similar_templates=args.similar_templates,
                       progress=lambda items: tqdm(items, desc=f"MMAD {answerer.name}", unit="img"))
@@ -111,6 +142,11 @@ def register_eval(subparsers: argparse._SubParsersAction) -> None:
                            "(guided), or pick the most likely option")
     mmad.add_argument("--verdict-first", action="store_true",
                       help="write the verdict without the question first, then the answer after it")
+    mmad.add_argument("--engine", choices=ANSWER_ENGINES, default="transformers",
+                      help="generate with transformers or with vLLM (run in vLLM's engine environment when this "
+                           "Python has no vLLM; docs/vllm.md)")
+    mmad.add_argument("--vllm-python", type=Path, default=VLLM_PYTHON,
+                      help="the engine environment's interpreter (make vllm-env; env JUDO_VLLM_PYTHON)")
     mmad.add_argument("--out", type=Path, required=True, help="answers file; the table goes to *_accuracy.csv")
     mmad.set_defaults(func=_run_eval_mmad)
 

@@ -2,8 +2,8 @@
 
 Each area of the project owns its subcommands and registers them here through a
 ``register(subparsers)`` function, so this file stays a table of contents: infrastructure
-(``kafka``), data and model (``data``, ``eval``, ``train``), the prefilter (``prefilter``) and
-the pipeline (``run``). Packages layered above the runtime (``tooling``: ``demo``, ``simulate``,
+(``kafka``), data and model (``data``, ``eval``, ``train``), the prefilter (``prefilter``), the
+pipeline (``run``) and learning from operator feedback (``feedback``). Packages layered above the runtime (``tooling``: ``demo``, ``simulate``,
 ``dashboard``) add theirs through the ``judo.commands`` entry-point group, so the runtime never
 imports them.
 """
@@ -19,9 +19,12 @@ from cluster import cli as cluster_cli
 from judo_model import cli as judo_model_cli
 from judo_model.prefilter import cli as prefilter_cli
 from pipelines import commands as pipeline_commands
+from pipelines import feedback_cli
 
 #: Runtime modules that contribute subcommands, each exposing ``register(subparsers)``.
-COMMAND_MODULES = (cluster_cli, judo_model_cli, prefilter_cli, pipeline_commands)
+COMMAND_MODULES = (cluster_cli, judo_model_cli, prefilter_cli, pipeline_commands, feedback_cli)
+#: Loggers whose INFO messages are not news to a user: faiss's search for its AVX builds.
+QUIET_LOGGERS = ("faiss.loader",)
 #: Entry-point group of ``register(subparsers)`` functions from packages above the runtime.
 ENTRY_POINT_GROUP = "judo.commands"
 
@@ -48,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for noisy in QUIET_LOGGERS:  # their INFO lines read like errors ("Could not load library with AVX2 ...")
+        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     result = args.func(args)
     return int(result or 0)
 

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cluster.kafka import KafkaSettings
+from cluster.secrets import read_secret
 
 
 class ConfigError(ValueError):
@@ -60,11 +61,19 @@ class ProductSection(_Section):
 
     bank: Path
     threshold: float | None = Field(None, description="overrides the bank's calibrated threshold")
+    domain_knowledge: Path | None = Field(
+        None, description="an MMAD-style domain_knowledge.json for this product: its defect entries join the "
+                          "types its verdicts may name (None: the bank folder's domain_knowledge.json, if any)")
 
 
 class PrefilterSection(_Section):
     actors: int = Field(1, ge=1)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, description="most frames of one product in one prefilter call")
+    max_wait_ms: float = Field(0.0, ge=0, le=1000, description="how long a frame may wait for others of its "
+                               "product to fill a call while a call slot is free (0: send at once; under load "
+                               "frames batch up anyway while every slot is busy)")
+    calls_per_actor: int = Field(2, ge=1, le=16, description="prefilter calls in flight per actor: one running "
+                                 "and one on its way keeps it busy; more only queue in its mailbox")
     threads_per_actor: int = Field(1, ge=1)
     references_k: int = Field(1, ge=1, le=8)
 
@@ -125,18 +134,66 @@ class VllmSection(_Section):
     enable_prefix_caching: bool = False
 
     def engine_options(self) -> dict:
-        """Keyword arguments of :class:`pipelines.vllm_engine.AsyncVllm` from this section."""
+        """Keyword arguments of :class:`judo_model.runtime.vllm_engine.AsyncVllm` from this section."""
         return self.model_dump(exclude={"python"})
 
 
 class HttpSection(_Section):
+    """JUDO's ad-hoc HTTP endpoint (``POST /judo``): off by default, and never without a bearer token."""
+
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = 8000
-    bearer_token: str | None = None
+    bearer_token: str | None = Field(None, repr=False, description="the token inline; prefer bearer_token_env "
+                                     "or bearer_token_file, which keep it out of the config and the replicas' "
+                                     "arguments")
+    bearer_token_env: str | None = Field(None, description="environment variable holding the bearer token "
+                                         "(read in each replica; every node needs it)")
+    bearer_token_file: Path | None = Field(None, description="file holding the bearer token (first line)")
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="larger request bodies get 413")
+    max_references: int = Field(8, ge=0, le=32, description="more reference images get 400")
+    max_questions: int = Field(16, ge=0, le=256, description="more questions get 400")
+    max_image_pixels: int = Field(16_000_000, ge=64, description="a larger image (query or reference) gets 400")
+    ssl_certfile: Path | None = Field(None, description="PEM certificate (chain): Serve's proxy then speaks HTTPS")
+    ssl_keyfile: Path | None = Field(None, description="PEM private key of ssl_certfile")
     proxy_location: Literal["HeadOnly", "EveryNode", "Disabled"] = Field(
         "HeadOnly", description="where Serve runs its HTTP proxies; EveryNode needs one host per node (nodes "
                                 "sharing a machine would all bind host:port)")
+
+    @model_validator(mode="after")
+    def _secure(self) -> "HttpSection":
+        sources = [s for s in ("bearer_token", "bearer_token_env", "bearer_token_file") if getattr(self, s)]
+        if self.enabled and not sources:
+            raise ValueError("enabled needs a bearer token: set bearer_token_env or bearer_token_file "
+                             "(the endpoint is never open without one)")
+        if len(sources) > 1:
+            raise ValueError(f"give the bearer token one way only (got {', '.join(sources)})")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile go together")
+        return self
+
+    def token(self) -> str | None:
+        """The bearer token from its inline value, environment variable or file (None: none configured)."""
+        return read_secret(value=self.bearer_token, env=self.bearer_token_env, file=self.bearer_token_file,
+                           what="judo.http bearer token")
+
+    def serve_http_options(self) -> dict:
+        """``serve.start(http_options=...)``: where to listen, and HTTPS when a certificate is given."""
+        options: dict = {"host": self.host, "port": self.port}
+        if self.ssl_certfile is not None:
+            options.update(ssl_certfile=str(self.ssl_certfile), ssl_keyfile=str(self.ssl_keyfile))
+        return options
+
+
+class ClearingSection(_Section):
+    """When JUDO may clear a frame the prefilter flagged (docs/pipeline.md, "Who decides a verdict"):
+    only for a product whose bank folder holds a ``judo_clearing.json`` measured with the serving
+    checkpoint (``judo calibrate-clearing``) that meets this rule."""
+
+    max_missed_defect_rate: float = Field(0.05, gt=0, le=1, description="the most the upper confidence bound of "
+                                          "the share of real defects JUDO cleared may be")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="one-sided confidence of that bound (Clopper-Pearson)")
+    min_defect_frames: int = Field(20, ge=1, description="labelled defect frames the measurement needs at least")
 
 
 class JudoSection(_Section):
@@ -156,6 +213,7 @@ class JudoSection(_Section):
     torch_threads: int = Field(1, ge=1)
     vllm: VllmSection = VllmSection()
     http: HttpSection = HttpSection()
+    clearing: ClearingSection = ClearingSection()
 
     @model_validator(mode="after")
     def _engine_device(self) -> "JudoSection":
@@ -218,13 +276,17 @@ class PipelineConfig(_Section):
         def fix(path: Path | None) -> Path | None:
             return path if path is None or path.is_absolute() else base / path
 
-        products = {name: p.model_copy(update={"bank": fix(p.bank)}) for name, p in self.products.items()}
+        products = {name: p.model_copy(update={"bank": fix(p.bank), "domain_knowledge": fix(p.domain_knowledge)})
+                    for name, p in self.products.items()}
         judo = self.judo.model_copy(update={"checkpoint": fix(self.judo.checkpoint) or self.judo.checkpoint})
         telemetry = self.telemetry.model_copy(update={"trace_file": fix(self.telemetry.trace_file)})
         return self.model_copy(update={"products": products, "judo": judo, "telemetry": telemetry})
 
 
-def load_config(path: str | Path) -> PipelineConfig:
+def load_config(path: str | Path, *, check_paths: bool = False) -> PipelineConfig:
+    """The config of a YAML file; relative paths in it resolve against the file's folder. With
+    ``check_paths`` (what ``judo run`` does) the files this machine must read are checked now
+    (:func:`check_input_paths`), so a wrong path fails at start with its field, not deep in a replica."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -232,7 +294,28 @@ def load_config(path: str | Path) -> PipelineConfig:
         raise ConfigError(f"config file {path} does not exist") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    return parse_config(raw, source=str(path)).resolve_paths(path.resolve().parent)
+    config = parse_config(raw, source=str(path)).resolve_paths(path.resolve().parent)
+    if check_paths:
+        check_input_paths(config, source=str(path))
+    return config
+
+
+def check_input_paths(config: PipelineConfig, source: str = "config") -> None:
+    """Every input path the pipeline reads exists: each product's bank folder (with ``bank.json``),
+    its domain-knowledge file when named, and the JUDO checkpoint folder. The error names each field
+    and the path it resolved to."""
+    problems = []
+    for name, product in config.products.items():
+        if not (product.bank / "bank.json").is_file():
+            what = "has no bank.json (fit one with `judo prefilter fit`)" if product.bank.is_dir() else "does not exist"
+            problems.append(f"  products.{name}.bank: {product.bank} {what}")
+        if product.domain_knowledge is not None and not product.domain_knowledge.is_file():
+            problems.append(f"  products.{name}.domain_knowledge: {product.domain_knowledge} does not exist")
+    if not config.judo.checkpoint.is_dir():
+        problems.append(f"  judo.checkpoint: {config.judo.checkpoint} does not exist")
+    if problems:
+        raise ConfigError(f"{source}: paths not found (relative paths resolve against the config file's folder):\n"
+                          + "\n".join(problems))
 
 
 def parse_config(raw: object, source: str = "config") -> PipelineConfig:

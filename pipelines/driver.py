@@ -20,31 +20,40 @@ from cluster.kafka import KafkaSettings
 from cluster.messages import Verdict
 from cluster.telemetry import setup_tracing
 from pipelines.config import PipelineConfig
-from pipelines.engines import JudoFrameRequest
-from pipelines.frame_path import FramePath, RetryPolicies, StageUnavailable
-from pipelines.serve_app import SuspectFrame
+from pipelines.frame_path import FramePath, PrefilterBatching, RetryPolicies, StageUnavailable
+from pipelines.judo_request import JudoFrameRequest, SuspectFrame
 
 
 class PrefilterPool:
-    """The prefilter stage on a pool of prefilter actors, round robin. A dead or restarting actor is
-    :class:`StageUnavailable` (the next try goes to the next actor); an error the actor raised for
-    these frames (``RayTaskError``) propagates."""
+    """The prefilter stage on a pool of prefilter actors: each call goes to the actor with the fewest calls
+    in flight (round robin among equals). A dead or restarting actor is :class:`StageUnavailable` (the next
+    try goes to another actor); an error the actor raised for these frames (``RayTaskError``) propagates."""
 
     def __init__(self, handles: list, references_k: int):
         self.handles = list(handles)
         self.references_k = references_k
+        self._in_flight = [0] * len(self.handles)
         self._next = 0
 
-    async def screen(self, product: str, frames: list[DecodedFrame]) -> list[dict]:
-        handle = self.handles[self._next % len(self.handles)]
+    def _pick(self) -> int:
+        count = len(self.handles)
+        order = [(self._next + i) % count for i in range(count)]
         self._next += 1
+        return min(order, key=lambda i: self._in_flight[i])
+
+    async def screen(self, product: str, frames: list[DecodedFrame], threshold: float) -> list[dict]:
+        index = self._pick()
+        self._in_flight[index] += 1
         try:
-            return await handle.screen_frames.remote(product, [f.image for f in frames], [f.trace for f in frames],
-                                                     [f.frame.frame_id for f in frames], self.references_k)
+            return await self.handles[index].screen_frames.remote(
+                product, [f.image for f in frames], [f.trace for f in frames], [f.frame.frame_id for f in frames],
+                self.references_k, threshold)
         except RayTaskError:
             raise
         except RayError as exc:
             raise StageUnavailable(type(exc).__name__) from exc
+        finally:
+            self._in_flight[index] -= 1
 
 
 class ServeJudo:
@@ -82,7 +91,8 @@ class FrameDriver:
             FrameDecoder(known_products=cfg.products.keys()),
             PrefilterPool(handles["prefilter"], cfg.prefilter.references_k), Router(handles["thresholds"]),
             ServeJudo(handles["judo"]), SinkActor(handles["sink"]), self.intake,
-            RetryPolicies.from_config(cfg, len(handles["prefilter"])), model_version)
+            RetryPolicies.from_config(cfg, len(handles["prefilter"])), model_version,
+            PrefilterBatching.from_config(cfg, len(handles["prefilter"])))
         self._consumer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-consumer")
         self._running = True  # intake on until drain() or stop()
         self._drained = asyncio.Event()

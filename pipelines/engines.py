@@ -13,11 +13,10 @@ import asyncio
 import hashlib
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
 import torch
 
 from judo_model.data.knowledge import product_title
@@ -26,32 +25,9 @@ from judo_model.runtime.evidence import EvidenceInputs, evidence_inputs
 from judo_model.runtime.inference import JudoModel
 from judo_model.runtime.inputs import prompt_options_of, shown
 from judo_model.runtime.output import ParsedOutput, parse_output
-from judo_model.runtime.prompting import Question, build_prompt, prompt_text
-from pipelines.vllm_engine import AsyncVllm
-
-
-@dataclass
-class JudoFrameRequest:
-    """Everything a replica needs to give one suspect frame its verdict: the frame, its
-    juxtaposition context (k normal references, the prefilter's anomaly map and threshold, and the
-    labelled defect type the anomaly looks most like, where the product has a defect library)."""
-
-    frame_id: str
-    camera_id: str
-    line_id: str
-    product: str
-    captured_at: object
-    query: np.ndarray
-    references: list[np.ndarray]
-    anomaly_score: float
-    threshold: float
-    anomaly_map: np.ndarray | None = None
-    defect_hint: str | None = None
-    #: the product's known defect types: the verdict's type is decoded as one of them (None: free)
-    defect_types: list[str] | None = None
-    questions: list[Question] | None = None
-    latency_ms: dict[str, float] = field(default_factory=dict)
-    trace: dict[str, str] = field(default_factory=dict)
+from judo_model.runtime.prompting import build_prompt, prompt_text
+from judo_model.runtime.vllm_engine import AsyncVllm
+from pipelines.judo_request import JudoFrameRequest
 
 
 def prompt_inputs(request: JudoFrameRequest, options) -> dict:
@@ -117,7 +93,7 @@ class TransformersEngine:
 
 
 class VllmEngine:
-    """vLLM's async engine (:class:`pipelines.vllm_engine.AsyncVllm`): each request is its own
+    """vLLM's async engine (:class:`judo_model.runtime.vllm_engine.AsyncVllm`): each request is its own
     generation and vLLM's scheduler batches those in flight; same prompt and parser as
     :class:`TransformersEngine`, the verdict's type decoded among ``defect_types`` by the same
     ChoiceConstraint (inside vLLM). Runs in the engine environment (docs/vllm.md), on GPUs or vLLM's CPU build."""

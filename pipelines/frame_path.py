@@ -22,8 +22,9 @@ from actors.routing import RouteDecision, Router, prefilter_verdict
 from cluster.messages import DeadLetter, Verdict
 from cluster.records import dead_letter_for
 from cluster.telemetry import context_from_carrier, trace_id_hex
-from pipelines.engines import JudoFrameRequest
+from pipelines.judo_request import JudoFrameRequest
 from pipelines.metrics import FrameMetrics
+from pipelines.prefilter_batcher import ProductBatcher
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,9 @@ class Decoder(Protocol):
 
 
 class PrefilterStage(Protocol):
-    async def screen(self, product: str, frames: list[DecodedFrame]) -> list[dict]:
-        """Per frame, in order: ``score``, and for suspect frames ``anomaly_map``, ``references``
-        (``[{id, path, ...}]``, no pixels), ``defect_hint`` and ``defect_types``. Raises
+    async def screen(self, product: str, frames: list[DecodedFrame], threshold: float) -> list[dict]:
+        """Per frame, in order: ``score``, and for frames above ``threshold`` (the router's) ``anomaly_map``,
+        ``references`` (``[{id, path, ...}]``, no pixels), ``defect_hint`` and ``defect_types``. Raises
         :class:`StageUnavailable` when the stage, not the frames, failed."""
 
 
@@ -135,12 +136,30 @@ class PathStats:
                 else v.as_dict() if isinstance(v, FrameMetrics) else v for f in fields(self)}
 
 
+@dataclass(frozen=True)
+class PrefilterBatching:
+    """How frames are grouped into prefilter calls (:class:`pipelines.prefilter_batcher.ProductBatcher`):
+    up to ``batch_size`` frames of one product, sent when full or after ``max_wait_s``, at most
+    ``max_calls`` calls in flight. The defaults send each micro-batch's frames at once."""
+
+    batch_size: int = 8
+    max_wait_s: float = 0.0
+    max_calls: int = 2
+
+    @classmethod
+    def from_config(cls, config, prefilter_actors: int) -> "PrefilterBatching":
+        """From a :class:`pipelines.config.PipelineConfig` and the prefilter pool's size."""
+        section = config.prefilter
+        return cls(batch_size=section.batch_size, max_wait_s=section.max_wait_ms / 1000,
+                   max_calls=section.calls_per_actor * prefilter_actors)
+
+
 class FramePath:
     """Walks micro-batches of records through the stages; :meth:`process` never raises."""
 
     def __init__(self, decoder: Decoder, prefilter: PrefilterStage, router: Router, judo: JudoStage, sink: Sink,
                  completion: Completion, policies: RetryPolicies = RetryPolicies(),
-                 model_version: str = "prefilter"):
+                 model_version: str = "prefilter", batching: PrefilterBatching = PrefilterBatching()):
         self.decoder = decoder
         self.prefilter = prefilter
         self.router = router
@@ -151,6 +170,7 @@ class FramePath:
         self.model_version = model_version
         self.stats = PathStats()
         self.stopping = False  # set when the driver drains: the prefilter's retries become bounded
+        self.batcher = ProductBatcher(self.screen_batch, batching.batch_size, batching.max_wait_s, batching.max_calls)
 
     async def process(self, records: list[RawRecord]) -> None:
         """Any unexpected failure turns the batch's unfinished records into dead letters: no stuck partition."""
@@ -182,14 +202,15 @@ class FramePath:
         by_product: dict[str, list[DecodedFrame]] = {}
         for item in decoded:
             by_product.setdefault(item.frame.product, []).append(item)
-        for product, items in by_product.items():
-            for item, screening in zip(items, await self.screen(product, items)):
+        screened = await asyncio.gather(*(self.screen(product, items) for product, items in by_product.items()))
+        for (product, items), screenings in zip(by_product.items(), screened):
+            for item, screening in zip(items, screenings):
                 decision = self.router.decide(product, screening["score"])
                 if decision.to_judo:
                     judo_jobs.append(self._judo_path(item, decision, screening))
                     continue
                 item.latency_ms["total"] = (time.time() - item.received_at) * 1000
-                verdicts.append((self._prefilter_verdict(item, decision, self.model_version), item.trace))
+                verdicts.append((self._prefilter_verdict(item, decision, self._version(screening)), item.trace))
                 passed.append(item)
         await self.write(verdicts, [(r.letter, r.trace) for r in rejected])
         self.stats.verdicts_prefilter += len(passed)
@@ -201,14 +222,23 @@ class FramePath:
         await asyncio.gather(*judo_jobs)
 
     async def screen(self, product: str, items: list[DecodedFrame]) -> list[dict]:
-        """The prefilter stage under its retry policy; an error the stage raised for these frames propagates
+        """The prefilter's results for one product's frames of a micro-batch, batched with other micro-batches'
+        frames of that product (:attr:`batcher`); ``latency_ms["prefilter"]`` includes the wait for a batch."""
+        started = time.perf_counter()
+        results = await self.batcher.submit(product, items)
+        elapsed = (time.perf_counter() - started) * 1000
+        for item in items:
+            item.latency_ms["prefilter"] = elapsed
+        return results
+
+    async def screen_batch(self, product: str, items: list[DecodedFrame]) -> list[dict]:
+        """One prefilter call under its retry policy; an error the stage raised for these frames propagates
         (and dead-letters them)."""
         policy = self.policies.prefilter
         failures = 0
         while True:
-            started = time.perf_counter()
             try:
-                results = await self.prefilter.screen(product, items)
+                results = await self.prefilter.screen(product, items, self.router.threshold_of(product))
             except StageUnavailable as exc:
                 failures += 1
                 self.stats.prefilter_retries += 1
@@ -217,9 +247,6 @@ class FramePath:
                 log.warning("prefilter attempt %d failed (%s); retrying on the next actor", failures, exc)
                 await asyncio.sleep(policy.pause(failures))
                 continue
-            elapsed = (time.perf_counter() - started) * 1000
-            for item in items:
-                item.latency_ms["prefilter"] = elapsed
             return results
 
     async def _judo_path(self, item: DecodedFrame, decision: RouteDecision, screening: dict) -> None:
@@ -262,7 +289,11 @@ class FramePath:
                   item.frame.frame_id, failures, last_error)
         self.stats.judo_fallbacks += 1
         item.latency_ms["total"] = (time.time() - item.received_at) * 1000
-        return self._prefilter_verdict(item, decision, self.model_version + JUDO_UNAVAILABLE)
+        return self._prefilter_verdict(item, decision, self._version(screening) + JUDO_UNAVAILABLE)
+
+    def _version(self, screening: dict) -> str:
+        """The banks the prefilter actor scored with (a live reload bumps them), else the driver's start-up ones."""
+        return screening.get("model_version") or self.model_version
 
     @staticmethod
     def _prefilter_verdict(item: DecodedFrame, decision: RouteDecision, model_version: str) -> Verdict:

@@ -162,7 +162,7 @@ class Pipeline:
             self.kafka.model_dump(), topics.verdicts, topics.dead_letters, cfg.telemetry.service_name, trace_file)
         ray.get([h.products.remote() for h in prefilter] + [sink.ready.remote()])
         serve.start(proxy_location=cfg.judo.http.proxy_location,
-                    http_options={"host": cfg.judo.http.host, "port": cfg.judo.http.port},
+                    http_options=cfg.judo.http.serve_http_options(),
                     logging_config={"enable_access_log": False, "log_level": "WARNING"})
         judo = serve.run(build_judo_deployment(cfg, self.judo_deployment), name=APP_NAME,
                          route_prefix="/judo" if cfg.judo.http.enabled else None,
@@ -300,9 +300,15 @@ class Pipeline:
         if self.metrics is not None:
             self.metrics.close()
             self.metrics = None
-        serve.shutdown()
+        # the drivers hold Serve handles: gone before Serve, so no call of theirs to its controller is left
+        # failing and retrying; on a Ray of our own, deleting the app and stopping Ray skips the controller's
+        # graceful_shutdown, which kills itself under its own call ("ServeController ... killed by ray.kill")
         for actor in [*self.handles.drivers, *self.handles.prefilter, self.handles.sink]:
             ray.kill(actor, no_restart=True)
+        if self._owns_ray:
+            serve.delete(APP_NAME)
+        else:
+            serve.shutdown()
         if self._prefilter_group is not None:
             remove_placement_group(self._prefilter_group)
             self._prefilter_group = None

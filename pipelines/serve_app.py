@@ -4,8 +4,8 @@ Request: a :class:`SuspectFrame` from the frame path (a :class:`JudoFrameRequest
 query pixels, the prefilter's anomaly map, score, threshold and defect hint — plus the paths of its k
 normal references, which the replica reads from the bank folder itself), or a complete
 :class:`JudoFrameRequest`. Response: a :class:`cluster.messages.Verdict`. The same deployment answers
-ad-hoc HTTP questions about one image (``POST /`` with JSON), behind a bearer token when one is
-configured.
+ad-hoc HTTP questions about one image (``POST /judo`` with JSON), only with the configured bearer
+token and within its size limits (:mod:`pipelines.http_api`).
 
 :class:`JudoReplica` is the deployment; :func:`build_judo_deployment` applies the pipeline config's
 options to it (or to a subclass, e.g. the fault harness's). ``serve run pipelines.serve_app:app
@@ -15,10 +15,8 @@ config=pipeline.yaml`` runs it from the pipeline config (see docs/pipeline.md fo
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 import functools
-import hmac
 import time
 from pathlib import Path
 
@@ -26,29 +24,29 @@ import numpy as np
 from ray import serve
 from starlette.responses import JSONResponse
 
-from cluster.messages import Answer, Defect, RLEMask, Verdict, canonical_defect_type
+from cluster.messages import Answer, Defect, RLEMask, Verdict
 from cluster.telemetry import context_from_carrier, setup_tracing, trace_id_hex, tracer
 from judo_model.imaging import decode_image
-from judo_model.runtime.evidence import refine_region
+from judo_model.runtime.clearing import ClearingRule
+from judo_model.runtime.evidence import hottest_boxes, refine_region
 from judo_model.runtime.output import COORDINATE_SCALE, choose_option, valid_boxes
-from judo_model.runtime.prompting import Question
+from judo_model.runtime.vocabulary import UNKNOWN_TYPE, constrain_type
+from pipelines.clearing import ProductPolicies, ProductPolicy, decide
 from pipelines.config import JudoSection, PipelineConfig, load_config
-from pipelines.engines import JudoEngine, JudoFrameRequest, JudoResult, make_engine
+from pipelines.engines import JudoEngine, JudoResult, make_engine
+from pipelines.http_api import (  # http_request_to_frame_request: re-exported, callers import it from here
+    HttpRefusal,
+    frame_request_from_http,
+    http_request_to_frame_request,
+    refusal_response,
+)
+from pipelines.judo_request import JudoFrameRequest, SuspectFrame
 
 #: The folder holding this checkout's packages (what a replica in another environment must import).
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 DEPLOYMENT_NAME = "judo"
 APP_NAME = "judo"
-
-
-@dataclasses.dataclass
-class SuspectFrame:
-    """What the frame path sends a replica: the request without reference pixels, and the files
-    (in the product's bank folder) the replica reads them from."""
-
-    request: JudoFrameRequest
-    reference_paths: list[str]
 
 
 @functools.lru_cache(maxsize=256)
@@ -63,24 +61,36 @@ def with_references(call: SuspectFrame) -> JudoFrameRequest:
     return dataclasses.replace(call.request, references=[reference_image(p) for p in call.reference_paths])
 
 
-def verdict_from_result(request: JudoFrameRequest, result: JudoResult) -> Verdict:
-    """Combine the prefilter's evidence and JUDO's answer into the frame's verdict.
+def verdict_from_result(request: JudoFrameRequest, result: JudoResult, policy: ProductPolicy | None = None) -> Verdict:
+    """Combine the prefilter's evidence and JUDO's answer into the frame's verdict, under the
+    product's policy (:func:`pipelines.clearing.decide`; default: JUDO may not clear).
 
-    Boxes that break the contract (corners out of order, outside 0-1000) are dropped, not
-    repaired; the verdict keeps the parser's error, so a malformed output still gives a verdict.
+    A flagged frame JUDO says is normal stays flagged unless the product's clearing was measured
+    reliable; JUDO's own yes/no is kept in ``judo_is_anomalous`` and ``decided_by`` names the rule.
+    The type is one of the product's own (library or domain knowledge), else ``unknown``. Boxes that
+    break the contract (corners out of order, outside 0-1000) are dropped, not repaired; the verdict
+    keeps the parser's error, so a malformed output still gives a verdict.
     """
+    policy = policy or ProductPolicy(request.product)
     parsed = result.parsed
     height, width = request.query.shape[:2]
-    boxes = valid_boxes(parsed.boxes)
+    judo_says = bool(parsed.defect) if parsed.defect is not None else None
+    is_anomalous, decided_by = decide(request.anomaly_score > request.threshold, judo_says, policy.may_clear)
     defect = None
-    is_anomalous = bool(parsed.defect) if parsed.defect is not None else request.anomaly_score > request.threshold
     if is_anomalous:
+        boxes = valid_boxes(parsed.boxes) if judo_says is not False else []
+        if not boxes and request.anomaly_map is not None:  # the flag stands on the prefilter's region
+            boxes = hottest_boxes(request.anomaly_map, request.threshold)
         mask = refine_region(boxes, height, width, request.anomaly_map)
+        if judo_says:
+            defect_type, description = constrain_type(parsed.defect_type, policy.vocabulary(request.defect_types))
+        else:
+            defect_type, description = UNKNOWN_TYPE, KEPT_FLAG_NOTES[decided_by]
         defect = Defect(
-            type=canonical_defect_type(parsed.defect_type),
+            type=defect_type,
             boxes=[[min(max(c / COORDINATE_SCALE, 0.0), 1.0) for c in box] for box in boxes],
             mask=RLEMask.encode(mask) if mask.any() else None,
-            description=parsed.defect_type or "",
+            description=description,
             reasoning=parsed.reasoning or "",
         )
     answers = []
@@ -96,17 +106,35 @@ def verdict_from_result(request: JudoFrameRequest, result: JudoResult) -> Verdic
         latency_ms={**request.latency_ms, "judo": result.latency_ms},
         trace_id=trace_id_hex(context_from_carrier(request.trace)),
         parse_error=parsed.parse_error, captured_at=request.captured_at,
+        decided_by=decided_by, judo_is_anomalous=judo_says,
     )
+
+
+#: the description of a flagged frame JUDO did not confirm, by the rule that kept the flag
+KEPT_FLAG_NOTES = {
+    "prefilter-flag-kept": "flagged by the prefilter; JUDO saw no defect, but its clearing is not measured "
+                           "reliable for this product, so the flag stands",
+    "prefilter-judo-unreadable": "flagged by the prefilter; JUDO's answer had no readable verdict",
+    "prefilter": "JUDO's answer had no readable verdict",
+}
+
+
+def with_vocabulary(request: JudoFrameRequest, policy: ProductPolicy) -> JudoFrameRequest:
+    """The request with its type slot limited to the product's own types (``unknown`` without any)."""
+    return dataclasses.replace(request, defect_types=policy.choices(request.defect_types))
 
 
 class JudoInference:
     """The replica's logic, independent of Serve so it can be tested and reused as is."""
 
     def __init__(self, judo_config: dict, service_name: str = "judo-inspect", trace_file: str | None = None,
-                 engine: JudoEngine | None = None):
+                 engine: JudoEngine | None = None, products: dict[str, dict] | None = None):
         setup_tracing(f"{service_name}.judo", trace_file=trace_file)
         self.config = JudoSection.model_validate(judo_config)
         self.engine = engine or make_engine(self.config)
+        rule = ClearingRule(**self.config.clearing.model_dump())
+        #: per product: may JUDO clear a flagged frame, and which types may it name (pipelines/clearing.py)
+        self.policies = ProductPolicies.load(products, rule, getattr(self.engine, "model_version", None))
 
     def infer(self, requests: list[JudoFrameRequest]) -> list[Verdict]:
         """One ``judo`` span per request, covering the batch's inference and the verdict."""
@@ -114,9 +142,9 @@ class JudoInference:
         spans = [tracer().start_span("judo", context=context_from_carrier(r.trace), start_time=started_ns)
                  for r in requests]
         try:
-            results = self.engine.infer(requests)
+            results = self.engine.infer([with_vocabulary(r, self.policies.of(r.product)) for r in requests])
             batch_ms = (time.time_ns() - started_ns) / 1e6
-            return [self._verdict(request, result, span, len(requests), batch_ms)
+            return [self._verdict(request, result, span, len(requests), batch_ms, self.policies.of(request.product))
                     for request, result, span in zip(requests, results, spans)]
         finally:
             for span in spans:
@@ -127,59 +155,37 @@ class JudoInference:
         started_ns = time.time_ns()
         span = tracer().start_span("judo", context=context_from_carrier(request.trace), start_time=started_ns)
         try:
-            result = await self.engine.ainfer(request)
-            return self._verdict(request, result, span, 1, (time.time_ns() - started_ns) / 1e6)
+            result = await self.engine.ainfer(with_vocabulary(request, self.policies.of(request.product)))
+            return self._verdict(request, result, span, 1, (time.time_ns() - started_ns) / 1e6,
+                                 self.policies.of(request.product))
         finally:
             span.end()
 
     @staticmethod
-    def _verdict(request: JudoFrameRequest, result: JudoResult, span, batch_size: int, batch_ms: float) -> Verdict:
+    def _verdict(request: JudoFrameRequest, result: JudoResult, span, batch_size: int, batch_ms: float,
+                 policy: ProductPolicy | None = None) -> Verdict:
         span.set_attribute("frame_id", request.frame_id)
         span.set_attribute("product", request.product)
         span.set_attribute("batch_size", batch_size)
         span.set_attribute("batch_ms", batch_ms)
-        verdict = verdict_from_result(request, result)
+        verdict = verdict_from_result(request, result, policy)
         span.set_attribute("is_anomalous", verdict.is_anomalous)
+        span.set_attribute("decided_by", verdict.decided_by or "")
         span.set_attribute("defect_type", verdict.defect.type or "" if verdict.defect else "")
         if verdict.parse_error:
             span.set_attribute("parse_error", verdict.parse_error)
         return verdict
 
 
-def http_request_to_frame_request(payload: dict) -> JudoFrameRequest:
-    """Ad-hoc HTTP question about one image: ``{"image": b64, "product": str, "references": [b64],
-    "questions": [{"text": str, "options": {"A": str}}]}`` (optionally ``defect_hint``: a defect type, and
-    ``defect_types``: the product's types, which the verdict's type is then decoded as one of)."""
-    def image(field_name: str, value: str) -> np.ndarray:
-        try:
-            return decode_image(base64.b64decode(value, validate=True))
-        except Exception as exc:
-            raise ValueError(f"{field_name}: {exc}") from None
-
-    if not isinstance(payload, dict) or "image" not in payload or "product" not in payload:
-        raise ValueError("the request needs JSON with 'image' (base64) and 'product'")
-    query = image("image", payload["image"])
-    references = [image(f"references[{i}]", r) for i, r in enumerate(payload.get("references", []))]
-    questions = [Question(text=q["text"], options=q.get("options") or {}) for q in payload.get("questions", [])]
-    defect_types = payload.get("defect_types")
-    if defect_types is not None and (not isinstance(defect_types, list)
-                                     or not all(isinstance(t, str) and t.strip() for t in defect_types)):
-        raise ValueError("defect_types: expected a list of non-empty strings")
-    return JudoFrameRequest(
-        frame_id=str(payload.get("frame_id", "adhoc")), camera_id="http", line_id="http",
-        product=str(payload["product"]), captured_at=None, query=query, references=references,
-        anomaly_score=float(payload.get("anomaly_score", 0.0)), threshold=float(payload.get("threshold", 0.0)),
-        defect_hint=str(payload["defect_hint"]) if payload.get("defect_hint") else None,
-        defect_types=list(defect_types) if defect_types else None, questions=questions or None)
-
-
 @serve.deployment(name=DEPLOYMENT_NAME)
 class JudoReplica:
     """The Serve deployment: batches requests into :class:`JudoInference`; answers HTTP too."""
 
-    def __init__(self, judo_config: dict, service_name: str, trace_file: str | None, bearer_token: str | None):
-        self.replica = JudoInference(judo_config, service_name, trace_file)
-        self.bearer_token = bearer_token
+    def __init__(self, judo_config: dict, service_name: str, trace_file: str | None, bearer_token: str | None,
+                 products: dict[str, dict] | None = None):
+        self.replica = JudoInference(judo_config, service_name, trace_file, products=products)
+        # the token named by judo.http (env var or file) is read here, in the replica, not shipped as an argument
+        self.bearer_token = bearer_token or self.replica.config.http.token()
         self.infer_batch.set_max_batch_size(self.replica.config.max_batch_size)
         self.infer_batch.set_batch_wait_timeout_s(self.replica.config.batch_wait_timeout_s)
 
@@ -199,14 +205,12 @@ class JudoReplica:
         return await self.infer_batch(request)
 
     async def __call__(self, http_request):
-        if self.bearer_token:
-            header = http_request.headers.get("authorization", "")
-            if not hmac.compare_digest(header.encode(), f"Bearer {self.bearer_token}".encode()):
-                return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
+        """``POST /judo``: refused with a 4xx before any inference unless authenticated and well formed
+        (:mod:`pipelines.http_api`)."""
         try:
-            request = http_request_to_frame_request(await http_request.json())
-        except ValueError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
+            request = await frame_request_from_http(http_request, self.replica.config.http, self.bearer_token)
+        except HttpRefusal as refusal:
+            return refusal_response(refusal)
         verdict = await self.answer(request)
         return JSONResponse(verdict.model_dump(mode="json"))
 
@@ -244,7 +248,14 @@ def build_judo_deployment(config: PipelineConfig, deployment=JudoReplica):
     judo = config.judo
     trace_file = str(config.telemetry.trace_file) if config.telemetry.trace_file else None
     return deployment.options(**deployment_options(judo)).bind(
-        judo.model_dump(mode="json"), config.telemetry.service_name, trace_file, judo.http.bearer_token)
+        judo.model_dump(mode="json"), config.telemetry.service_name, trace_file, judo.http.bearer_token,
+        products=products_for_replicas(config))
+
+
+def products_for_replicas(config: PipelineConfig) -> dict[str, dict]:
+    """What a replica loads each product's policy from: its bank folder and domain-knowledge file."""
+    return {name: {"bank": str(p.bank), "domain_knowledge": str(p.domain_knowledge) if p.domain_knowledge else None}
+            for name, p in config.products.items()}
 
 
 def app(args: dict):

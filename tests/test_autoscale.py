@@ -21,8 +21,8 @@ from judo_model.data.stream import FrameStream
 from judo_model.imaging import encode_png
 from pipelines.commands import SHIPPED_CHECKPOINT
 from pipelines.config import ConfigError, parse_config
-from pipelines.serve_app import (APP_NAME, DEPLOYMENT_NAME, JudoFrameRequest, SuspectFrame, build_judo_deployment,
-                                 deployment_options)
+from pipelines.judo_request import JudoFrameRequest, SuspectFrame
+from pipelines.serve_app import APP_NAME, DEPLOYMENT_NAME, build_judo_deployment, deployment_options
 from tooling.dashboard.ray_probe import serve_replicas
 
 #: Requests kept in flight during the burst: well above min_replicas x target_ongoing_requests.

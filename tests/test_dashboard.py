@@ -5,7 +5,9 @@ reads the verdict and frame topics, the trace file and Ray Serve. In the browser
 called defective shows its frame with exactly the region the verdict carries, its reasoning and the
 normal reference it was compared with; a feedback click lands on the feedback topic as a valid
 record; line health, stage latency and the replica count match the run; a hostile reasoning string
-stays text. ``JUDO_DASHBOARD_SCREENSHOTS=docs`` also writes the screenshots in docs/.
+stays text. Login is on (tokens from the environment, as an operator would set them): without
+credentials the browser lands on the login page and the API answers 401, and a viewer's feedback
+click is refused. ``JUDO_DASHBOARD_SCREENSHOTS=docs`` also writes the screenshots in docs/.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -39,6 +42,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 FRAMES = 8
 ROOT = Path(__file__).resolve().parents[1]
+OPERATOR_TOKEN, VIEWER_TOKEN = "dash-Operator-3f9e1c", "dash-Viewer-8b27d0"
 HOSTILE = '<img src=x onerror="document.title=\'pwned\'"><script>document.title="pwned"</script> & "quotes"'
 
 pytestmark = [
@@ -92,15 +96,17 @@ def plant(kafka, tmp_path_factory):
         dashboard = subprocess.Popen(
             [sys.executable, "-m", "pipelines.cli", "dashboard", "--config", str(config_file), "--port", str(port),
              "--ray-address", ray.get_runtime_context().gcs_address, "--window", "3600"],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "JUDO_DASHBOARD_OPERATOR_TOKEN": OPERATOR_TOKEN,
+                 "JUDO_DASHBOARD_VIEWER_TOKEN": VIEWER_TOKEN})
         url = f"http://127.0.0.1:{port}"
-        _wait_for_http(f"{url}/api/health", dashboard, timeout_s=60)
+        _wait_for_http(f"{url}/login", dashboard, timeout_s=60)
         simulator = CameraSimulator(cameras, defect_rate=0.5, seed=11)
         sent = simulator.publish(kafka.settings(), config.topics.frames, FRAMES)
         collected = collect_verdicts(kafka.settings(), config.topics.verdicts,
                                      {item.frame.frame_id for item in sent}, timeout_s=300)
         yield {"url": url, "config": config, "sent": sent, "verdicts": collected.verdicts,
-               "settings": kafka.settings(), "simulator": simulator}
+               "settings": kafka.settings(), "simulator": simulator, "log": tmp_path / "dashboard.log"}
     finally:
         if dashboard is not None:
             dashboard.terminate()
@@ -122,6 +128,19 @@ def _wait_for_http(url: str, process: subprocess.Popen, timeout_s: float) -> Non
         except OSError:
             time.sleep(0.5)
     raise AssertionError(f"the dashboard did not answer on {url} within {timeout_s:.0f} s")
+
+
+def _login(browser, url: str, token: str) -> None:
+    """Log in through the login page as the holder of ``token``, starting from a logged-out browser."""
+    from selenium.webdriver.common.by import By
+
+    browser.delete_all_cookies()
+    browser.get(url + "/")
+    _wait(browser, lambda b: "/login" in b.current_url, 30, "no redirect to the login page")
+    browser.find_element(By.ID, "token").send_keys(token)
+    browser.find_element(By.ID, "login-token-submit").click()
+    _wait(browser, lambda b: b.find_element(By.ID, "who").text.endswith("operator" if token == OPERATOR_TOKEN
+                                                                          else "viewer"), 30, "login failed")
 
 
 def _wait(browser, condition, timeout_s: float = 60, message: str = ""):
@@ -182,6 +201,8 @@ def _screenshot(browser, tmp_path: Path, name: str) -> Path:
 def test_gallery_shows_a_defective_verdict_with_its_region_reasoning_and_reference(plant, browser, tmp_path):
     from selenium.webdriver.common.by import By
 
+    _login(browser, plant["url"], OPERATOR_TOKEN)
+
     judo = [v for v in plant["verdicts"].values() if v.stage == "judo"]
     shown = {v.frame_id for v in plant["verdicts"].values() if v.stage == "judo" or v.is_anomalous}
     defective = [v for v in judo if v.is_anomalous]
@@ -220,6 +241,8 @@ def test_gallery_shows_a_defective_verdict_with_its_region_reasoning_and_referen
 def test_feedback_click_lands_on_the_feedback_topic(plant, browser):
     from selenium.webdriver.common.by import By
 
+    _login(browser, plant["url"], OPERATOR_TOKEN)
+
     verdict = next(v for v in plant["verdicts"].values() if v.stage == "judo")
     browser.get(plant["url"] + "/")
     card = _card(browser, verdict.frame_id)
@@ -256,6 +279,8 @@ def test_feedback_click_lands_on_the_feedback_topic(plant, browser):
 def test_line_health_stage_latency_and_replicas_match_the_run(plant, browser, tmp_path):
     from selenium.webdriver.common.by import By
 
+    _login(browser, plant["url"], OPERATOR_TOKEN)
+
     verdicts = list(plant["verdicts"].values())
     browser.get(plant["url"] + "/lines")
     for line in plant["config"].lines:
@@ -282,12 +307,16 @@ def test_line_health_stage_latency_and_replicas_match_the_run(plant, browser, tm
           f"JUDO replicas not reported by Ray Serve: {replicas.text!r}")
     assert "judo/judo: HEALTHY" in replicas.text
     _screenshot(browser, tmp_path, "dashboard-lines.png")
-    health = json.load(urllib.request.urlopen(plant["url"] + "/api/health", timeout=10))
+    request = urllib.request.Request(plant["url"] + "/api/health",
+                                     headers={"Authorization": f"Bearer {VIEWER_TOKEN}"})
+    health = json.load(urllib.request.urlopen(request, timeout=10))
     assert health["feeds"]["kafka"]["ok"] and health["feeds"]["traces"]["ok"]
 
 
 def test_hostile_reasoning_stays_text_and_a_mask_is_painted_pixel_for_pixel(plant, browser):
     from selenium.webdriver.common.by import By
+
+    _login(browser, plant["url"], OPERATOR_TOKEN)
 
     item = next(plant["simulator"].frames(1))
     frame = item.frame.model_copy(update={"frame_id": "probe-hostile", "line_id": "probe-line",
@@ -311,3 +340,36 @@ def test_hostile_reasoning_stays_text_and_a_mask_is_painted_pixel_for_pixel(plan
     _assert_region_drawn(browser, card, verdict.defect)
     assert browser.title == "JUDO Inspect · verdicts"
     assert not browser.find_elements(By.CSS_SELECTOR, 'img[src="x"], .reasoning script, .reasoning img')
+
+
+def test_without_credentials_only_the_login_page_answers(plant, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.delete_all_cookies()
+    browser.get(plant["url"] + "/lines")
+    _wait(browser, lambda b: "/login?next=%2Flines" in b.current_url, 30, "no redirect to the login page")
+    assert not browser.find_elements(By.CSS_SELECTOR, "article.card, #cameras")
+    browser.find_element(By.ID, "token").send_keys("not-the-token")
+    browser.find_element(By.ID, "login-token-submit").click()
+    _wait(browser, lambda b: b.find_element(By.ID, "login-failed").is_displayed(), 30, "no failure message")
+    for path in ("/api/verdicts", "/api/health", "/api/frame?id=x"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(plant["url"] + path, timeout=10)
+        assert refused.value.code == 401, path
+    assert OPERATOR_TOKEN not in plant["log"].read_text() and VIEWER_TOKEN not in plant["log"].read_text()
+
+
+def test_a_viewer_sees_the_verdicts_but_its_feedback_is_refused(plant, browser):
+    from selenium.webdriver.common.by import By
+
+    _login(browser, plant["url"], VIEWER_TOKEN)
+    verdict = next(v for v in plant["verdicts"].values() if v.stage == "judo")
+    card = _card(browser, verdict.frame_id)
+    operator = browser.find_element(By.ID, "operator")
+    operator.clear()
+    operator.send_keys("Vic Viewer")
+    card.find_element(By.CSS_SELECTOR, "button.fb-confirm").click()
+    status = card.find_element(By.CSS_SELECTOR, ".feedback-status")
+    _wait(browser, lambda b: status.text.startswith("not saved"), 30, f"viewer feedback not refused: {status.text!r}")
+    assert "only operators may send feedback" in status.text
+    assert card.get_attribute("data-feedback") is None

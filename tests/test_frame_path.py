@@ -28,9 +28,11 @@ class Prefilter:
         self.down = down
         self.error = error
         self.calls = 0
+        self.thresholds: list[float] = []
 
-    async def screen(self, product, frames):
+    async def screen(self, product, frames, threshold):
         self.calls += 1
+        self.thresholds.append(threshold)
         if self.down:
             self.down -= 1
             raise StageUnavailable("actor restarting")
@@ -38,10 +40,10 @@ class Prefilter:
             raise self.error
         out = []
         for f in frames:
-            hot = f.frame.frame_id.endswith("-hot")
-            out.append({"score": 5.0 if hot else 0.5, "anomaly_map": None,
+            score = 5.0 if f.frame.frame_id.endswith("-hot") else 0.5
+            out.append({"score": score, "anomaly_map": None,
                         **({"references": [{"id": "ref-1", "path": "/bank/references/ref-1.png"}],
-                            "defect_hint": "stain", "defect_types": ["stain", "hole"]} if hot else {})})
+                            "defect_hint": "stain", "defect_types": ["stain", "hole"]} if score > threshold else {})})
         return out
 
 

@@ -14,7 +14,7 @@ from judo_model.imaging import load_mask
 from judo_model.mmad.format import MMADDataset
 from judo_model.runtime.inference import JudoModel
 from judo_model.runtime.inputs import prompt_options_of
-from judo_model.runtime.prompting import Question
+from judo_model.runtime.questions import Question
 from judo_model.runtime.constraints import ChoiceConstraint, DEFECT_YES, RowChoiceConstraints
 from judo_model.runtime.output import ANSWER_OPEN, boxes_to_mask, choose_option
 from judo_model.training.answerer import JuxtaposedJudo

@@ -1,9 +1,10 @@
 """Security: Kafka over mutual TLS end to end, security settings from the config reach every stage,
 and no code path unpickles or evaluates what it reads.
 
-SASL/PLAIN through a whole running pipeline is in ``test_bad_input_e2e.py``; the Serve
-endpoint's bearer token (no token and a wrong token get 401, the right one 200) in
-``test_serve_app.py``; pickle payloads on the frames topic in ``test_ingest_bad_input.py``.
+SASL/PLAIN through a whole running pipeline is in ``test_bad_input_e2e.py``; SCRAM-SHA-512 with ACLs
+in ``test_security_kafka.py`` and, with the whole pipeline and a search for leaked secrets, in
+``test_security_e2e.py``; the Serve endpoint's token, limits and HTTPS in ``test_security_http.py``;
+pickle payloads on the frames topic in ``test_ingest_bad_input.py``.
 """
 
 from __future__ import annotations

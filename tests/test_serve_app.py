@@ -18,12 +18,13 @@ from cluster.telemetry import read_spans, setup_tracing
 from judo_model.imaging import encode_png
 from judo_model.modeling import load_model, save_checkpoint
 from judo_model.runtime.evidence import refine_region
-from judo_model.runtime.prompting import Question
+from judo_model.runtime.questions import Question
 from judo_model.runtime.output import format_target, parse_output
 from pipelines.config import parse_config
 from pipelines.engines import JudoResult
-from pipelines.serve_app import (APP_NAME, JudoFrameRequest, JudoInference, build_judo_deployment,
-                                 http_request_to_frame_request, verdict_from_result)
+from pipelines.judo_request import JudoFrameRequest
+from pipelines.serve_app import (APP_NAME, JudoInference, build_judo_deployment, http_request_to_frame_request,
+                                 verdict_from_result)
 
 
 def request(**overrides) -> JudoFrameRequest:
@@ -39,10 +40,11 @@ def test_verdict_carries_normalized_boxes_refined_mask_reasoning_and_answers():
                          boxes=[[100, 200, 300, 600]], answers=["Yes"])
     amap = np.zeros((100, 200), np.float32)
     amap[30:50, 30:50] = 1.0
-    req = request(anomaly_map=amap, questions=[Question(text="Is there a defect?", options={"A": "Yes", "B": "No"})])
+    req = request(anomaly_map=amap, defect_types=["Stain", "Scratch"],
+                  questions=[Question(text="Is there a defect?", options={"A": "Yes", "B": "No"})])
     verdict = verdict_from_result(req, JudoResult(text, parse_output(text), "tiny@1", 12.0))
     assert verdict.stage == "judo" and verdict.is_anomalous and verdict.parse_error is None
-    assert verdict.defect.type == "stain"
+    assert verdict.defect.type == "stain" and verdict.decided_by == "judo-confirmed"
     assert verdict.defect.boxes[0].as_list() == pytest.approx([0.1, 0.2, 0.3, 0.6])
     mask = verdict.defect.mask.decode()
     assert mask.shape == (100, 200)
@@ -53,8 +55,8 @@ def test_verdict_carries_normalized_boxes_refined_mask_reasoning_and_answers():
 
 def test_normal_answer_gives_a_clean_verdict_and_garbage_gives_a_parse_error():
     text = format_target(reasoning="matches the reference", defect=False)
-    verdict = verdict_from_result(request(), JudoResult(text, parse_output(text), "m", 1.0))
-    assert not verdict.is_anomalous and verdict.defect is None
+    verdict = verdict_from_result(request(anomaly_score=1.0), JudoResult(text, parse_output(text), "m", 1.0))
+    assert not verdict.is_anomalous and verdict.defect is None  # nothing flagged it: JUDO's no stands
     garbage = "<think>cut off mid"
     verdict = verdict_from_result(request(), JudoResult(garbage, parse_output(garbage), "m", 1.0))
     assert verdict.parse_error and verdict.is_anomalous  # falls back on the prefilter's evidence

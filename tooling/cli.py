@@ -18,6 +18,7 @@ from cluster.telemetry import setup_tracing, shutdown_tracing
 from pipelines.commands import SHIPPED_CHECKPOINT, kafka_settings_for
 from pipelines.config import load_config
 from tooling.dashboard import DEFAULT_PORT
+from tooling.dashboard.auth import OPERATOR_TOKEN_ENV, VIEWER_TOKEN_ENV, AuthConfigError, DashboardAuth
 from tooling.simulator import CameraSimulator, CameraSpec
 
 
@@ -55,6 +56,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dashboard.add_argument("--window", type=float, default=60.0, help="seconds of verdicts behind line health")
     dashboard.add_argument("--backlog", type=int, default=200,
                            help="records per partition read back on start, so the page is not empty")
+    dashboard.add_argument("--operator-token-file", type=Path, default=None,
+                           help="file holding the operators' access token (else $JUDO_DASHBOARD_OPERATOR_TOKEN)")
+    dashboard.add_argument("--viewer-token-file", type=Path, default=None,
+                           help="file holding the viewers' access token (else $JUDO_DASHBOARD_VIEWER_TOKEN)")
+    dashboard.add_argument("--users-file", type=Path, default=None,
+                           help="'name role password' lines (role viewer or operator), mode 0600")
+    dashboard.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate (chain): serve HTTPS")
+    dashboard.add_argument("--tls-key", type=Path, default=None, help="PEM private key of --tls-cert")
     dashboard.set_defaults(func=run_dashboard)
 
 
@@ -87,15 +96,30 @@ def run_dashboard(args: argparse.Namespace) -> int:
     """``judo dashboard``: serve until Ctrl-C or SIGTERM."""
     logging.getLogger("kafka").setLevel(logging.WARNING)
     # CLI start-up: the dashboard's server loads torch for its gallery; the other commands must not pay for it
-    from tooling.dashboard.server import Dashboard
+    from tooling.dashboard.server import GENERATED_TOKEN_FILE, Dashboard
     config = load_config(args.config)
+    try:
+        auth = DashboardAuth.from_sources(
+            operator_token_file=args.operator_token_file, viewer_token_file=args.viewer_token_file,
+            users_file=args.users_file, generated_token_file=GENERATED_TOKEN_FILE,
+            secure_cookies=args.tls_cert is not None)
+    except AuthConfigError as exc:
+        raise SystemExit(f"judo dashboard: {exc}") from None
     dashboard = Dashboard(config, kafka_settings_for(config), host=args.host, port=args.port,
-                          ray_address=args.ray_address, window_s=args.window, backlog=args.backlog)
+                          ray_address=args.ray_address, window_s=args.window, backlog=args.backlog, auth=auth,
+                          tls_cert=args.tls_cert, tls_key=args.tls_key)
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     dashboard.start()
     print(f"JUDO Inspect dashboard on {dashboard.url} (verdicts from {config.topics.verdicts}, "
           f"feedback to {config.topics.feedback}); Ctrl-C stops", flush=True)
+    if auth.generated_token_file is not None:
+        print(f"log in at {dashboard.url}/login with the operator token in {auth.generated_token_file} "
+              f"(set {OPERATOR_TOKEN_ENV}/{VIEWER_TOKEN_ENV} or --users-file to choose credentials)", flush=True)
+    if args.tls_cert is None:
+        print("WARNING: the dashboard serves plain HTTP: tokens, passwords and session cookies cross the network "
+              "in clear. Give --tls-cert/--tls-key, or keep --host 127.0.0.1 behind a TLS-terminating proxy "
+              "(docs/security.md)", flush=True)
     try:
         stopped.wait()
     except KeyboardInterrupt:

@@ -19,6 +19,8 @@ RANDOM_BASELINE = "baseline:random"
 #: How a JUDO answerer turns its output into an option: the generated text matched to an option,
 #: the answer decoded as one of the options' texts, or the option the model finds most likely.
 ANSWER_MODES = ("generate", "guided", "likelihood")
+#: Who generates a JUDO answerer's text: transformers' ``generate`` or vLLM (docs/vllm.md).
+ANSWER_ENGINES = ("transformers", "vllm")
 
 #: MMAD's instruction to the model (its GPT-4o query script), reused so prompts stay comparable.
 MMAD_INSTRUCTION = (

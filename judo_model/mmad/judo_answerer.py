@@ -10,14 +10,28 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from judo_model.mmad.answerers import (ANSWER_MODES, RANDOM_BASELINE, Answerer, AnswererNotAvailable, GroundedAnswer,
-                                       RandomAnswerer)
+from judo_model.mmad.answerers import (ANSWER_ENGINES, ANSWER_MODES, RANDOM_BASELINE, Answerer, AnswererNotAvailable,
+                                       GroundedAnswer, RandomAnswerer)
 from judo_model.runtime.inference import JudoModel, answer_prefix
 from judo_model.runtime.inputs import prompt_options_of, read_training_log
 from judo_model.runtime.output import COORDINATE_SCALE, choose_option
-from judo_model.runtime.prompting import Question
+from judo_model.runtime.questions import Question
+from judo_model.runtime.vllm_engine import VllmJudo
 from judo_model.training.answerer import JuxtaposedJudo, mmad_templates, template_banks_dir
 from judo_model.training.evidence import BANKS_FOLDER, MAPS_FILE, BankEvidence, evidence_dir, load_evidence
+
+
+def load_judo(checkpoint: str | Path, engine: str = "transformers", mode: str = "generate"):
+    """The checkpoint on ``engine``: :class:`JudoModel` (transformers) or :class:`VllmJudo` (vLLM, in the
+    engine environment); both answer :meth:`JudoModel.generate` with the same prompt, slots and parser."""
+    if engine not in ANSWER_ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ANSWER_ENGINES)}, got {engine!r}")
+    if engine == "transformers":
+        return JudoModel.load(checkpoint)
+    if mode == "likelihood":
+        raise ValueError("mode likelihood scores options with the transformers engine only (engine vllm: "
+                         "use generate or guided)")
+    return VllmJudo(checkpoint)
 
 
 def verdict_prefix(raw_output: str) -> str:
@@ -92,8 +106,10 @@ class JudoMMADAnswerer:
 
 def load_juxtaposed_answerer(checkpoint: str | Path, data_dir: str | Path | None = None,
                              max_new_tokens: int = 96, name: str | None = None, mode: str = "generate",
-                             questions_file: str = "mmad.json", verdict_first: bool = False) -> JudoMMADAnswerer:
-    """An MMAD answerer for a ``judo train`` checkpoint (``verdict_first``: see :class:`JudoMMADAnswerer`).
+                             questions_file: str = "mmad.json", verdict_first: bool = False,
+                             engine: str = "transformers") -> JudoMMADAnswerer:
+    """An MMAD answerer for a ``judo train`` checkpoint (``verdict_first``: see :class:`JudoMMADAnswerer`)
+    generating on ``engine`` (:func:`load_judo`).
 
     Evidence comes from ``data_dir``'s cache and banks when ``judo train`` prepared them
     there; for any other MMAD-format folder, banks are fitted on its normal templates.
@@ -109,39 +125,40 @@ def load_juxtaposed_answerer(checkpoint: str | Path, data_dir: str | Path | None
             banks = BankEvidence(evidence_dir(data_dir) / BANKS_FOLDER)
         else:
             banks = BankEvidence(template_banks_dir(data_dir), mmad_templates(data_dir, questions_file))
-    judo = JuxtaposedJudo(JudoModel.load(checkpoint), options, cache, banks)
+    judo = JuxtaposedJudo(load_judo(checkpoint, engine, mode), options, cache, banks)
     return JudoMMADAnswerer(judo, name=name or f"judo-{checkpoint.name}", max_new_tokens=max_new_tokens, mode=mode,
                             verdict_first=verdict_first)
 
 
 def load_mmad_answerer(path: str | Path, mode: str = "generate", max_new_tokens: int = 128,
                        data_dir: str | Path | None = None, questions_file: str = "mmad.json",
-                       verdict_first: bool = False):
+                       verdict_first: bool = False, engine: str = "transformers"):
     """An MMAD answerer for the checkpoint folder at ``path``.
 
     A ``judo train`` checkpoint is prompted exactly as in training (image sizes, prefilter
     evidence from ``data_dir``) through :func:`load_juxtaposed_answerer`.
     """
     path = Path(path)
+    name = f"judo-{path.name}-{mode}" + ("-vllm" if engine == "vllm" else "")
     if read_training_log(path):
-        return load_juxtaposed_answerer(path, data_dir, max_new_tokens=max_new_tokens, mode=mode,
-                                        name=f"judo-{path.name}-{mode}", questions_file=questions_file,
-                                        verdict_first=verdict_first)
-    return JudoMMADAnswerer(JudoModel.load(path), name=f"judo-{path.name}-{mode}", mode=mode,
+        return load_juxtaposed_answerer(path, data_dir, max_new_tokens=max_new_tokens, mode=mode, name=name,
+                                        questions_file=questions_file, verdict_first=verdict_first, engine=engine)
+    return JudoMMADAnswerer(load_judo(path, engine, mode), name=name, mode=mode,
                             max_new_tokens=max_new_tokens, verdict_first=verdict_first)
 
 
 def load_answerer(spec: str, seed: int = 0, data_dir: str | Path | None = None,
-                  questions_file: str = "mmad.json", mode: str = "generate", verdict_first: bool = False) -> Answerer:
+                  questions_file: str = "mmad.json", mode: str = "generate", verdict_first: bool = False,
+                  engine: str = "transformers") -> Answerer:
     """``baseline:random`` gives :class:`RandomAnswerer`; anything else is a checkpoint path.
 
     Checkpoints are loaded by :func:`load_mmad_answerer`; ``data_dir`` (the evaluated folder)
     gives checkpoints trained with prefilter evidence their banks; ``verdict_first``: see
-    :class:`JudoMMADAnswerer`.
+    :class:`JudoMMADAnswerer`; ``engine``: :func:`load_judo`.
     """
     if spec == RANDOM_BASELINE:
         return RandomAnswerer(seed)
     if spec.startswith("baseline:"):
         raise AnswererNotAvailable(f"unknown baseline {spec!r}; available: {RANDOM_BASELINE}")
     return load_mmad_answerer(Path(spec), mode=mode, data_dir=data_dir, questions_file=questions_file,
-                              verdict_first=verdict_first)
+                              verdict_first=verdict_first, engine=engine)

@@ -49,6 +49,8 @@ class Calibration:
     method: str
     n_normal: int
     normal_scores: list[float] = field(default_factory=list)
+    #: how the threshold was chosen (:class:`OperatingPoint` as a dict); None in banks saved before it existed
+    operating_point: dict | None = None
 
     @classmethod
     def from_normal_scores(cls, scores: Sequence[float], target_routing_rate: float, method: str) -> "Calibration":
@@ -69,6 +71,16 @@ class Calibration:
         threshold = float(np.exp(logs.mean() + t * logs.std(ddof=1) * math.sqrt(1.0 + 1.0 / n)))
         return cls(threshold, target_routing_rate, method, int(s.size), [float(v) for v in s])
 
+    def routed_share(self, threshold: float) -> float:
+        """Expected share of normal frames above ``threshold``: the same log-Gaussian prediction model
+        the budget threshold comes from (at the budget threshold it is the target routing rate)."""
+        logs = np.log(np.maximum(np.asarray(self.normal_scores, np.float64), 1e-12))
+        n = logs.size
+        spread = logs.std(ddof=1) * math.sqrt(1.0 + 1.0 / n)
+        if not spread > 0:
+            return float(np.mean(logs > math.log(max(threshold, 1e-12))))
+        return float(stats.t.sf((math.log(max(threshold, 1e-12)) - logs.mean()) / spread, df=n - 1))
+
     def to_dict(self) -> dict:
         return {
             "threshold": self.threshold,
@@ -76,7 +88,79 @@ class Calibration:
             "method": self.method,
             "n_normal": self.n_normal,
             "normal_scores": self.normal_scores,
+            "operating_point": self.operating_point,
         }
+
+
+#: labelled defect examples a recall target needs; with fewer the routing budget sets the threshold
+MIN_RECALL_EXAMPLES = 5
+
+
+@dataclass
+class OperatingPoint:
+    """Where a product's threshold sits and what it buys: recall-first where labelled defects exist.
+
+    ``mode`` is ``recall`` (the threshold is the highest that keeps ``target_recall`` of the labelled
+    defect examples above it, cross-validated, and never above the budget's threshold) or ``budget``
+    (the threshold routes ``routing_budget`` of normal frames). ``expected_recall``: the share of
+    labelled defects above the threshold (held-out folds in ``recall`` mode; None without examples);
+    ``routed_share``: the expected share of normal frames routed to JUDO.
+    """
+
+    mode: str
+    threshold: float
+    routing_budget: float
+    routed_share: float
+    target_recall: float | None = None
+    expected_recall: float | None = None
+    defect_examples: int = 0
+    folds: int | None = None
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return {"mode": self.mode, "threshold": self.threshold, "routing_budget": self.routing_budget,
+                "routed_share": self.routed_share, "target_recall": self.target_recall,
+                "expected_recall": self.expected_recall, "defect_examples": self.defect_examples,
+                "folds": self.folds, "note": self.note}
+
+
+def recall_threshold(defect_scores: np.ndarray, target_recall: float) -> float:
+    """The highest threshold that keeps at least ``target_recall`` of ``defect_scores`` strictly
+    above it (halfway to the next lower score, so it does not sit on a score)."""
+    s = np.sort(np.asarray(defect_scores, np.float64))
+    keep = min(max(math.ceil(target_recall * len(s) - 1e-9), 1), len(s))
+    lowest_kept = s[len(s) - keep]
+    below = s[: len(s) - keep]
+    return float((below[-1] + lowest_kept) / 2 if below.size else lowest_kept * 0.999)
+
+
+def choose_operating_point(calibration: Calibration, defect_scores: Sequence[float] | None,
+                           target_recall: float | None, folds: int = 5, seed: int = 0) -> OperatingPoint:
+    """The operating point from the budget ``calibration`` and the labelled defects' scores.
+
+    With ``target_recall`` and at least :data:`MIN_RECALL_EXAMPLES` defect scores: the recall
+    threshold chosen on k-1 folds of the defects is scored on the held-out fold (that is the expected
+    recall), and the threshold kept is the one chosen on all of them, capped at the budget threshold
+    (routing more buys recall; routing less than the budget is never chosen). Else the budget's.
+    """
+    budget = calibration.threshold
+    scores = np.asarray(defect_scores if defect_scores is not None else [], np.float64)
+    if target_recall is None or len(scores) < MIN_RECALL_EXAMPLES:
+        note = ("" if target_recall is None or not len(scores) else
+                f"{len(scores)} labelled defect examples, fewer than {MIN_RECALL_EXAMPLES}: the budget decides")
+        recall = float(np.mean(scores > budget)) if len(scores) else None
+        return OperatingPoint("budget", budget, calibration.target_routing_rate, calibration.routed_share(budget),
+                              target_recall, recall, len(scores), None, note)
+    k = min(folds, len(scores))
+    order = np.random.default_rng(seed).permutation(len(scores))
+    hits = 0
+    for held in np.array_split(order, k):
+        chosen = min(recall_threshold(scores[np.setdiff1d(order, held)], target_recall), budget)
+        hits += int(np.sum(scores[held] > chosen))
+    threshold = min(recall_threshold(scores, target_recall), budget)
+    note = "the budget threshold already meets the recall target" if threshold == budget else ""
+    return OperatingPoint("recall", threshold, calibration.target_routing_rate, calibration.routed_share(threshold),
+                          target_recall, hits / len(scores), len(scores), k, note)
 
 
 def frame_maxima(grids: np.ndarray, valid: np.ndarray) -> np.ndarray:

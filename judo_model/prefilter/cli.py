@@ -19,7 +19,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                         "kept if the labelled defect examples are told apart at least as well)")
     g.add_argument("--threads", type=int, help="torch/faiss threads (default 2)")
     g.add_argument("--target-routing-rate", type=float, default=0.05,
-                   help="false-positive routing rate the threshold aims at (default 0.05)")
+                   help="routing budget: the share of normal frames the threshold routes to JUDO where no "
+                        "recall target applies (default 0.05)")
     g.add_argument("--folds", type=int, default=5,
                    help="k-fold held-out train/good: the cell levels, and the threshold when there is no "
                         "validation/good (default 5)")
@@ -42,6 +43,10 @@ def register(subparsers) -> None:
     fit.add_argument("--category", help="category name (optional when --data is a category folder)")
     fit.add_argument("--out", type=Path, required=True, help="bank directory to write")
     fit.add_argument("--camera", help="camera id, when banks are kept per camera")
+    fit.add_argument("--target-recall", type=float, default=0.9,
+                     help="recall first: where the folder has labelled defect examples (defect_examples/ or "
+                          "train_qa/), the threshold routes this share of them, cross-validated, and never routes "
+                          "less than --target-routing-rate; 0 lets the routing budget alone decide (default 0.9)")
     _add_config_args(fit)
     fit.set_defaults(func=_run)
 

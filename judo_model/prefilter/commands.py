@@ -53,7 +53,7 @@ def config_from_args(args: argparse.Namespace) -> PatchCoreConfig:
 def cmd_fit(args: argparse.Namespace) -> int:
     scorer = fit_bank_from_folder(
         args.data, args.category, args.out, config_from_args(args), args.target_routing_rate, args.folds,
-        args.camera,
+        args.camera, target_recall=args.target_recall or None,
     )
     bank, cal = scorer.bank, scorer.bank.calibration
     Console().print(
@@ -61,12 +61,28 @@ def cmd_fit(args: argparse.Namespace) -> int:
         f"canvas {bank.config.preprocess.resolved_canvas()}, threshold {cal.threshold:.3f} "
         f"({cal.method}, target routing {cal.target_routing_rate:.0%}) -> {args.out}"
     )
+    Console().print(operating_point_line(cal.operating_point))
     report = bank.position_norm_report
     if report and "auroc_with" in report:
         Console().print(f"cell levels {'kept' if report['used'] else 'dropped'}: AUROC {report['auroc_with']:.3f} "
                         f"with, {report['auroc_without']:.3f} without, on {report['defect_examples']} labelled "
                         f"defect examples against {report['normal_frames']} held-out normal frames")
     return 0
+
+
+def operating_point_line(point: dict | None) -> str:
+    """The chosen operating point in words: mode, threshold, expected recall, routed share."""
+    if not point:
+        return "operating point: not recorded (bank saved before recall-first routing)"
+    recall = point.get("expected_recall")
+    recall_text = (f"expected recall {recall:.2f} on {point['defect_examples']} labelled defect examples"
+                   + (f" ({point['folds']}-fold cross-validated)" if point.get("folds") else "")
+                   if recall is not None else "expected recall unknown (no labelled defect examples)")
+    mode = (f"recall target {point['target_recall']:.2f}" if point["mode"] == "recall"
+            else f"routing budget {point['routing_budget']:.0%}")
+    text = (f"operating point: {mode} -> threshold {point['threshold']:.3f}, {recall_text}, routed share of "
+            f"normal frames {point['routed_share']:.1%}")
+    return text + (f" ({point['note']})" if point.get("note") else "")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

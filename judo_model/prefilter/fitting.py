@@ -16,6 +16,8 @@ from judo_model.prefilter.scorer import PrefilterScorer
 #: folders of a category that hold labelled defect examples, ``<split>/<defect type>/*.png``
 #: (``defect_examples`` for a plant's own library; ``train_qa`` in the synthetic data)
 DEFECT_EXAMPLE_SPLITS = ("defect_examples", "train_qa")
+#: the share of labelled defect examples a fitted bank routes to JUDO, where a product has them
+DEFAULT_TARGET_RECALL = 0.9
 
 
 def labelled_defect_examples(category_dir: str | Path) -> list[tuple[Path, str]]:
@@ -38,6 +40,7 @@ def fit_bank_from_folder(
     target_routing_rate: float = 0.05,
     folds: int = 5,
     camera: str | None = None,
+    target_recall: float | None = DEFAULT_TARGET_RECALL,
 ) -> PrefilterScorer:
     """Fit, calibrate and save one product's bank plus its reference index from an MVTec-style folder.
 
@@ -45,7 +48,9 @@ def fit_bank_from_folder(
     threshold, and labelled defect examples (:data:`DEFECT_EXAMPLE_SPLITS`, if any, labelled by the
     names answers use: :func:`judo_model.data.knowledge.defect_title`) for the reference index's
     defect exemplars and for ``position_norm='auto'``; writes ``out/`` and ``out/references/``. One
-    backbone pass serves bank and references.
+    backbone pass serves bank and references. Recall first: with labelled defect examples the
+    threshold routes ``target_recall`` of them (cross-validated; None: the routing budget
+    ``target_routing_rate`` decides, as it does without examples).
     """
     cats = discover_categories(data, [category] if category else None)
     if len(cats) != 1:
@@ -59,7 +64,8 @@ def fit_bank_from_folder(
     examples = labelled_defect_examples(cat.root)
     defect_frames = [load_image(path) for path, _ in examples]
     defects = bank.embed(defect_frames) if examples else None
-    scorer = PrefilterScorer.fit_embedded(bank, embedded, val, target_routing_rate, folds, defects)
+    scorer = PrefilterScorer.fit_embedded(bank, embedded, val, target_routing_rate, folds, defects,
+                                          target_recall=target_recall)
     out = scorer.save(out)
     references = ReferenceIndex.from_embedded(
         cat.name, scorer.bank.config, embedded, [s.sample_id for s in train], [str(s.path) for s in train],

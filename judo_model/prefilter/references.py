@@ -302,6 +302,16 @@ class DefectExemplars:
             for i in range(0, len(frames), batch_size)]), labels, ids)
         return exemplars
 
+    def extend(self, frames: Sequence[Frame], anomaly_maps: Sequence[np.ndarray], labels: Sequence[str],
+               ids: Sequence[str]) -> None:
+        """Add labelled examples (reviewed frames from the line) to the library, described as in :meth:`build`."""
+        if not (len(frames) == len(anomaly_maps) == len(labels) == len(ids)):
+            raise ValueError("need as many frames, maps, labels and ids")
+        if frames:
+            added = self.crop_descriptors(frames, anomaly_maps)
+            self._index(np.concatenate([self.descriptors, added]) if len(self) else added,
+                        [*self.labels, *labels], [*self.ids, *ids])
+
     def _index(self, descriptors: np.ndarray, labels: Sequence[str], ids: Sequence[str]) -> None:
         self.descriptors = descriptors
         self.labels, self.ids = [str(label) for label in labels], [str(i) for i in ids]

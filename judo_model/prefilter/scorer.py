@@ -16,6 +16,7 @@ from judo_model.prefilter.calibration import (
     Calibration,
     CellLevels,
     SupportsScoreEmbedded,
+    choose_operating_point,
     choose_position_norm,
     frame_maxima,
     heldout_normal_grids,
@@ -103,6 +104,7 @@ class PrefilterScorer:
         folds: int = 5,
         defects: Embedded | None = None,
         heldout: np.ndarray | None = None,
+        target_recall: float | None = None,
     ) -> "PrefilterScorer":
         """As :meth:`fit`, from frames already embedded with ``bank``'s canvas.
 
@@ -113,6 +115,10 @@ class PrefilterScorer:
         else the k-fold grids (divided by leave-one-out levels when the bank keeps them).
         ``heldout``: those grids if the caller already has them
         (``heldout_normal_grids(bank.fresh_fit, embedded, folds, bank.config.seed)``).
+        ``target_recall`` (recall-first routing): where ``defects`` holds enough labelled examples, the
+        threshold is lowered until that share of them, cross-validated, is routed
+        (:func:`~judo_model.prefilter.calibration.choose_operating_point`); otherwise the routing
+        budget ``target_routing_rate`` sets it. The chosen point is saved in the calibration.
         """
         config = bank.config
         fitted = bank.fresh_fit(embedded)
@@ -144,7 +150,11 @@ class PrefilterScorer:
                 fitted.cell_levels, normal_scores = levels, normalised_scores
                 method += ", cell levels" + ("" if has_validation else " leave-one-out")
             fitted.position_norm_report = report
-        fitted.calibration = Calibration.from_normal_scores(normal_scores, target_routing_rate, method)
+        calibration = Calibration.from_normal_scores(normal_scores, target_routing_rate, method)
+        defect_scores = fitted.score_embedded(defects).scores if defects is not None and len(defects) else None
+        point = choose_operating_point(calibration, defect_scores, target_recall, folds, config.seed)
+        calibration.threshold, calibration.operating_point = point.threshold, point.to_dict()
+        fitted.calibration = calibration
         return cls(fitted)
 
     def route(self, frames: Sequence[Frame], with_grids: bool = False) -> list[Verdict]:

@@ -9,7 +9,7 @@ The same builder serves training (:func:`encode_for_training`) and inference
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from PIL import Image
 from transformers import BatchFeature, ProcessorMixin
 
 from judo_model.imaging import load_image
+from judo_model.runtime.questions import Question
 from judo_model.runtime.output import CONTRACT_INSTRUCTIONS
 
 #: Label of each image role, in the order the images appear in every prompt.
@@ -32,20 +33,6 @@ IMAGE_ROLES = {
 IGNORE_INDEX = -100
 
 ImageLike = np.ndarray | Image.Image | str | Path
-
-
-@dataclass(frozen=True)
-class Question:
-    """One multiple-choice (or open) question about the query image."""
-
-    text: str
-    options: Mapping[str, str] | None = None
-
-    def render(self, number: int) -> str:
-        lines = [f"Question {number}: {self.text.strip()}"]
-        for letter, option in (self.options or {}).items():
-            lines.append(f"{letter}: {option}")
-        return "\n".join(lines)
 
 
 @dataclass(frozen=True)

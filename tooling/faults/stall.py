@@ -14,8 +14,8 @@ import ray
 from ray import serve
 
 from cluster.messages import Verdict
-from pipelines.engines import JudoFrameRequest
-from pipelines.serve_app import DEPLOYMENT_NAME, JudoReplica, SuspectFrame
+from pipelines.judo_request import JudoFrameRequest, SuspectFrame
+from pipelines.serve_app import DEPLOYMENT_NAME, JudoReplica
 
 
 @serve.deployment(name=DEPLOYMENT_NAME)

@@ -39,8 +39,26 @@ function setStatus(text, ok = true) {
 
 async function getJSON(url) {
   const response = await fetch(url, { cache: "no-store" });
+  if (response.status === 401) {  // the session expired or was logged out: back to the login page
+    location.assign(`/login?next=${encodeURIComponent(location.pathname)}`);
+    throw new Error("logged out");
+  }
   if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
   return response.json();
+}
+
+// Who is logged in, and the CSRF token every state-changing request echoes (tooling/dashboard/auth.py).
+const SESSION = { user: "", role: "", csrf: "" };
+
+async function loadSession() {
+  Object.assign(SESSION, await getJSON("/api/session"));
+  document.getElementById("who").textContent = `${SESSION.user} · ${SESSION.role}`;
+  document.body.dataset.role = SESSION.role;
+}
+
+async function logout() {
+  await fetch("/logout", { method: "POST", headers: { "X-CSRF-Token": SESSION.csrf } });
+  location.assign("/login");
 }
 
 function every(ms, task) {
@@ -142,7 +160,8 @@ async function sendFeedback(article, verdict, action, typeInput, commentInput, o
                  defect_type: action === "relabel" ? typeInput.value.trim() : null };
   try {
     const response = await fetch("/api/feedback", {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+      method: "POST", headers: { "Content-Type": "application/json", "X-CSRF-Token": SESSION.csrf },
+      body: JSON.stringify(body) });
     const answer = await response.json();
     if (response.status !== 201) {
       output.textContent = `not saved: ${answer.error}`;
@@ -369,5 +388,6 @@ document.addEventListener("DOMContentLoaded", () => {
   for (const link of document.querySelectorAll("nav a")) {
     if (link.dataset.view === view.name) link.setAttribute("aria-current", "page");
   }
-  view.start();
+  document.getElementById("logout").addEventListener("click", () => logout());
+  loadSession().then(() => view.start()).catch((error) => setStatus(error.message, false));
 });

@@ -1,9 +1,10 @@
 """The contract's closed slots inside vLLM: :class:`ChoiceConstraint`, the transformers engine's own
 guided decoding, as a vLLM logits processor, so both engines admit the very same tokens.
 
-Imported by name inside vLLM's engine core (``AsyncEngineArgs(logits_processors=[SLOTS_PROCESSOR])``),
-in the engine environment only: the project venv never imports this module. A request asks for its
-slots with ``SamplingParams(extra_args={"judo_slots": {"defect_types": [...], "answer_options": [...]}})``.
+Imported by name inside vLLM's engine core (``logits_processors=[SLOTS_PROCESSOR]`` in
+:func:`judo_model.runtime.vllm_engine.engine_arguments`), in the engine environment only: the project venv
+never imports this module. A request asks for its slots with
+``SamplingParams(extra_args={"judo_slots": {"defect_types": [...], "answer_options": [...]}})``.
 """
 
 from __future__ import annotations
