@@ -14,7 +14,6 @@ from typing import Sequence
 
 import numpy as np
 import ray
-import torch
 
 from actors.product_service import ProductService
 from actors.references import ReferenceService
@@ -39,7 +38,7 @@ class PrefilterService(ProductService):
                  trace_file: str | None = None, with_references: bool = False):
         stamps = {product: _stamp(d) for product, d in directories.items()}  # before loading: no change missed
         super().__init__(directories, threads, service_name, trace_file)
-        self.directories, self.threads, self._stamps = dict(directories), threads, stamps
+        self.directories, self._stamps = dict(directories), stamps
         self._next_check = time.monotonic() + RELOAD_CHECK_S
         # the frame path's reference retrieval, next to the descriptor and anomaly map it starts from
         self.references = ReferenceService(
@@ -156,7 +155,7 @@ class PrefilterService(ProductService):
             reloaded.append(product)
             log.info("reloaded the bank of %s: revision %d -> %d", product, old.bank.revision, scorer.bank.revision)
         if reloaded:
-            torch.set_num_threads(self.threads)
+            self.pin_threads()
         return reloaded
 
 

@@ -33,9 +33,14 @@ class ProductService:
             item = self._load(directory, extractor)
             extractor = self._extractor_of(item)
             self.items[product] = item
-        # after loading: each bank's backbone sets its own fitting-time thread count, the service's wins
-        torch.set_num_threads(threads)
-        faiss.omp_set_num_threads(threads)
+        self.threads = threads
+        self.pin_threads()
+
+    def pin_threads(self) -> None:
+        """The service's torch and faiss thread counts; call after loading, since each bank's backbone sets
+        its own fitting-time ones."""
+        torch.set_num_threads(self.threads)
+        faiss.omp_set_num_threads(self.threads)
 
     def _load(self, directory: str, extractor: FeatureExtractor | None):
         raise NotImplementedError

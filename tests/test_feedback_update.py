@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import shutil
 
+import faiss
 import numpy as np
 import pytest
+import torch
 
 from actors.prefilter import PrefilterService
 from judo_model.data.mvtec import discover_categories
@@ -116,6 +118,8 @@ def test_the_prefilter_service_picks_a_new_revision_up(bank):
     assert first["suspect"] and first["model_version"] == f"prefilter:bottle.r{scorer.bank.revision}"
     update_bank_folder(copy, [reviewed(image)])
     assert service.bank_versions() == {"bottle": scorer.bank.revision + 1}
+    assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == (1, 1), \
+        "the reloaded bank's fitting-time thread counts do not replace the service's"
     [second] = service.score_frames("bottle", [image])
     assert not second["suspect"] and second["model_version"] == f"prefilter:bottle.r{scorer.bank.revision + 1}"
     assert "feedback/f-1" in service.references.get("bottle").ids
