@@ -33,6 +33,7 @@ class PrefilterService(ProductService):
     """Routes frames (encoded bytes from Kafka, or arrays) with each product's calibrated bank."""
 
     what = "prefilter bank"
+    meta_file = BANK_META
 
     def __init__(self, directories: dict[str, str], threads: int = 2, service_name: str | None = None,
                  trace_file: str | None = None, with_references: bool = False):
@@ -43,13 +44,11 @@ class PrefilterService(ProductService):
         # the frame path's reference retrieval, next to the descriptor and anomaly map it starts from
         self.references = ReferenceService(
             {product: str(Path(d) / REFERENCES_SUBDIR) for product, d in directories.items()}, threads,
+            extractors=self._extractors,
         ) if with_references else None
 
     def _load(self, directory: str, extractor: FeatureExtractor | None) -> PrefilterScorer:
         return PrefilterScorer.load(directory, extractor)
-
-    def _extractor_of(self, item: PrefilterScorer) -> FeatureExtractor:
-        return item.bank.embedder.extractor
 
     def score_frames(
         self,
@@ -136,7 +135,7 @@ class PrefilterService(ProductService):
             if stamp == self._stamps.get(product):
                 continue
             try:
-                extractor = self._extractor_of(self.items[product])
+                extractor = self.extractor_for(directory)
                 scorer = PrefilterScorer.load(directory, extractor)
                 references = ReferenceIndex.load(Path(directory) / REFERENCES_SUBDIR, extractor) \
                     if self.references is not None else None

@@ -1,4 +1,4 @@
-"""Base of the services the prefilter's Ray actors run: one saved object per product, one shared backbone.
+"""Base of the services the prefilter's Ray actors run: one saved object per product, each backbone loaded once.
 
 Plain Python so it can be tested without Ray; subclasses say how to load one product's object
 and where its feature extractor is.
@@ -6,17 +6,23 @@ and where its feature extractor is.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import faiss
 import torch
 
 from cluster.telemetry import setup_tracing
-from judo_model.prefilter.features import FeatureExtractor
+from judo_model.prefilter.features import BackboneConfig, FeatureExtractor
 
 
 class ProductService:
-    """Loads each product's saved object with one shared backbone and hands them out by product."""
+    """Loads each product's saved object and hands them out by product; products whose banks use the same
+    backbone (``judo prefilter fit --auto`` may choose a different one per product) share it."""
 
     what = "model"
+    #: the json file of a saved folder that holds its config (the backbone is found before loading)
+    meta_file = ""
 
     def __init__(
         self,
@@ -24,17 +30,29 @@ class ProductService:
         threads: int = 2,
         service_name: str | None = None,
         trace_file: str | None = None,
+        extractors: dict[str, FeatureExtractor] | None = None,
     ):
         if service_name or trace_file:
             setup_tracing(service_name, trace_file=trace_file)
-        self.items: dict[str, object] = {}
-        extractor = None
-        for product, directory in directories.items():
-            item = self._load(directory, extractor)
-            extractor = self._extractor_of(item)
-            self.items[product] = item
+        self._extractors = {} if extractors is None else extractors
+        self.items: dict[str, object] = {
+            product: self._load(directory, self.extractor_for(directory)) for product, directory in directories.items()
+        }
         self.threads = threads
         self.pin_threads()
+
+    def extractor_for(self, directory: str) -> FeatureExtractor | None:
+        """The loaded backbone of the configuration saved in ``directory``, loaded once per configuration;
+        None when the folder cannot be read (loading it then says why)."""
+        try:
+            meta = json.loads((Path(directory) / self.meta_file).read_text())
+            config = BackboneConfig.model_validate(meta["config"]["backbone"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        key = config.model_dump_json()
+        if key not in self._extractors:
+            self._extractors[key] = FeatureExtractor(config)
+        return self._extractors[key]
 
     def pin_threads(self) -> None:
         """The service's torch and faiss thread counts; call after loading, since each bank's backbone sets
@@ -43,9 +61,6 @@ class ProductService:
         faiss.omp_set_num_threads(self.threads)
 
     def _load(self, directory: str, extractor: FeatureExtractor | None):
-        raise NotImplementedError
-
-    def _extractor_of(self, item) -> FeatureExtractor:
         raise NotImplementedError
 
     def products(self) -> list[str]:

@@ -13,19 +13,17 @@ import numpy as np
 
 from actors.product_service import ProductService
 from judo_model.prefilter.features import FeatureExtractor, Frame
-from judo_model.prefilter.references import ReferenceIndex
+from judo_model.prefilter.references import REFS_FILES, ReferenceIndex
 
 
 class ReferenceService(ProductService):
     """Answers reference queries with each product's saved :class:`ReferenceIndex`."""
 
     what = "reference index"
+    meta_file = REFS_FILES[0]
 
     def _load(self, directory: str, extractor: FeatureExtractor | None) -> ReferenceIndex:
         return ReferenceIndex.load(directory, extractor)
-
-    def _extractor_of(self, item: ReferenceIndex) -> FeatureExtractor:
-        return item.extractor
 
     def query(self, product: str, frames: Sequence[Frame], k: int = 3, with_bytes: bool = False) -> list[list[dict]]:
         """Per frame, ``k`` reference dicts (id, path, similarity, rank[, image bytes])."""

@@ -42,6 +42,7 @@ from judo_model.prefilter.patchcore import PatchCoreConfig  # noqa: E402
 from pipelines.commands import SHIPPED_CHECKPOINT  # noqa: E402
 from pipelines.config import PipelineConfig  # noqa: E402
 from pipelines.frame_path import JUDO_UNAVAILABLE  # noqa: E402
+from pipelines.metrics_http import local_token_file  # noqa: E402
 from pipelines.runner import Pipeline  # noqa: E402
 from pipelines.serve_app import APP_NAME, DEPLOYMENT_NAME  # noqa: E402
 from tooling.dashboard.ray_probe import serve_replicas  # noqa: E402
@@ -98,6 +99,7 @@ def bench_config(banks: dict, bootstrap: str, tag: str, args) -> PipelineConfig:
                               "upscale_delay_s": args.upscale_delay, "downscale_delay_s": args.downscale_delay,
                               "metrics_interval_s": args.metrics_interval, "look_back_period_s": args.look_back}},
         "telemetry": {"trace_file": None},
+        "metrics": {"bearer_token_file": str(local_token_file())},
         "ray": {"num_cpus": args.ray_cpus},
     })
 

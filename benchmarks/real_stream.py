@@ -34,6 +34,7 @@ from cluster.records import frame_to_record  # noqa: E402
 from cluster.telemetry import percentile  # noqa: E402
 from judo_model.data.mvtec import GOOD, discover_categories  # noqa: E402
 from judo_model.prefilter.fitting import fit_bank_from_folder  # noqa: E402
+from judo_model.prefilter.scorer import PrefilterScorer  # noqa: E402
 from pipelines.commands import SHIPPED_CHECKPOINT  # noqa: E402
 from pipelines.runner import Pipeline  # noqa: E402
 from tooling.demo import demo_config  # noqa: E402
@@ -122,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for every verdict")
     parser.add_argument("--fps", type=float, default=4.0, help="frames per second over all cameras, as a line "
                         "sends them (0: all at once, a burst; latency then measures the queue)")
+    parser.add_argument("--auto", action="store_true", help="fit each bank with judo prefilter fit --auto (backbone, "
+                        "canvas and cell levels chosen on synthetic defects in held-out train/good)")
+    parser.add_argument("--target-routing-rate", type=float, default=0.05,
+                        help="the routing budget each bank's threshold is calibrated to on held-out train/good")
     args = parser.parse_args(argv)
     if args.data is None:
         parser.error("--data or JUDO_REAL_DATA names the real folders")
@@ -130,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     banks, samples = {}, {}
     for cat in categories:
         started = time.perf_counter()
-        fit_bank_from_folder(cat.root.parent, cat.name, args.work / "banks" / cat.name)  # train/good only
+        fit_bank_from_folder(cat.root.parent, cat.name, args.work / "banks" / cat.name,  # train/good only
+                             target_routing_rate=args.target_routing_rate, select=args.auto)
         banks[cat.name] = args.work / "banks" / cat.name
         tests = cat.split("test")[: args.limit] if args.limit else cat.split("test")
         samples[cat.name] = [_Sample(s, f"{cat.name}-{i:04d}") for i, s in enumerate(tests)]
@@ -163,11 +169,21 @@ def main(argv: list[str] | None = None) -> int:
     results = {product: product_metrics(items, collected.verdicts, sent_at) for product, items in samples.items()}
     results["mean"] = {k: _mean([r[k] for r in results.values()]) for k in MEAN_KEYS}
     payload = {"data": str(args.data), "checkpoint": SHIPPED_CHECKPOINT.name, "limit": args.limit, "fps": args.fps,
+               "auto": args.auto, "target_routing_rate": args.target_routing_rate,
+               "banks": {p: bank_summary(banks[p]) for p in banks},
                "duplicates": collected.duplicates, "products": results}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(payload, indent=2))
     print(table(results))
     return 0
+
+
+def bank_summary(directory: Path) -> dict:
+    """The backbone, canvas, cell levels and threshold a product's bank was fitted with."""
+    bank = PrefilterScorer.load(directory).bank
+    return {"backbone": bank.config.backbone.name, "canvas": list(bank.config.preprocess.resolved_canvas()),
+            "cell_levels": bank.cell_levels is not None, "threshold": bank.calibration.threshold,
+            "chosen_on": (bank.selection_report or {}).get("method", "defaults")}
 
 
 class _Sample:

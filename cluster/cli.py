@@ -1,5 +1,6 @@
-"""``judo kafka up|down|status|fetch``: the embedded Kafka from the command line; ``judo cluster up|down|status``:
-a Ray cluster of several nodes on this machine (:mod:`cluster.ray_nodes`, driven through the ``ray`` CLI)."""
+"""``judo kafka up [--secure]|down|status|fetch``: the embedded Kafka from the command line;
+``judo cluster up|down|status``: a Ray cluster of several nodes on this machine (:mod:`cluster.ray_nodes`,
+driven through the ``ray`` CLI)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from rich.table import Table
 
 from cluster.kafka import KafkaError
 from cluster.kafka_broker import KAFKA_VERSION, ensure_kafka_jars
-from cluster.local_kafka import kafka_attach, kafka_down, kafka_up
+from cluster.kafka_detached import kafka_attach, kafka_down, kafka_up, secure_summary
 from cluster.ray_nodes import RayClusterError, ray_attach, ray_down, ray_up
 from cluster.telemetry import read_spans, summarize_spans
 
@@ -26,6 +27,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     up = actions.add_parser("up", help="start a detached local cluster and print its bootstrap address")
     up.add_argument("--brokers", type=int, default=1, help="number of brokers (3 for replication tests)")
+    up.add_argument("--secure", action="store_true",
+                    help="the only listener SASL_SSL (SCRAM-SHA-512 over mutual TLS) with ACLs, a principal per role "
+                         "with a generated password in a 0600 file; prints the files' paths and a config snippet, "
+                         "never a password (docs/security.md)")
     up.set_defaults(func=_up)
 
     down = actions.add_parser("down", help="stop the local cluster and delete its data")
@@ -130,11 +135,11 @@ def _quiet_clients() -> None:
 def _up(args: argparse.Namespace) -> int:
     _quiet_clients()
     try:
-        kafka = kafka_up(brokers=args.brokers)
-    except KafkaError as exc:
+        kafka = kafka_up(brokers=args.brokers, secure=args.secure)
+    except (KafkaError, ValueError, ImportError) as exc:  # ImportError: no cryptography for the certificates
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(kafka.bootstrap_servers)
+    print(secure_summary(kafka) if args.secure else kafka.bootstrap_servers)
     return 0
 
 
@@ -156,7 +161,8 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(state, indent=2))
     else:
-        print(f"bootstrap servers: {kafka.bootstrap_servers}")
+        print(f"bootstrap servers: {kafka.bootstrap_servers}  ({kafka.listener}"
+              f"{', ACLs enforced' if kafka.acls else ''})")
         for node in state["nodes"]:
             alive = "running" if node["node_id"] in running else "stopped"
             print(f"  broker {node['node_id']}: 127.0.0.1:{node['port']} pid {node['pid']} {alive}")

@@ -6,14 +6,13 @@ cluster serves, creates topics, stops and restarts single brokers on the same da
 directory, and leaves no JVM behind. Its client listener is PLAINTEXT, SASL_PLAINTEXT
 (PLAIN users), SSL (mutual TLS with a throwaway CA from :mod:`cluster.tls`) or SASL_SSL
 (SCRAM-SHA-512 users over mutual TLS), optionally with ACLs enforced (``acls=True``).
-:func:`kafka_up` / :func:`kafka_down` keep one such cluster running between commands
-(``judo kafka up|down|status``).
+:mod:`cluster.kafka_detached` keeps one such cluster running between commands
+(``judo kafka up [--secure]|down|status``).
 """
 
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import os
 import shutil
@@ -21,12 +20,12 @@ import signal
 import subprocess
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from cluster.kafka import AccessGrant, KafkaError, KafkaSettings, TopicSpec, create_topics, grant_access
 from cluster.kafka_broker import (
-    CACHE_ROOT,
     DIST_DIR,
     KAFKA_VERSION,
     SCRAM_MECHANISM,
@@ -66,6 +65,7 @@ class LocalKafka:
         sasl_users: dict[str, str] | None = None,
         acls: bool = False,
         start_timeout_s: float = 90.0,
+        tls_days: int = 2,
     ) -> None:
         if brokers < 1:
             raise ValueError("brokers must be >= 1")
@@ -89,7 +89,9 @@ class LocalKafka:
                        data_dir=self.root / f"broker-{i + 1}")
             for i in range(brokers)
         ]
-        self.tls = write_tls_files(self.root / "tls") if listener in ("SSL", "SASL_SSL") else None
+        self.tls = write_tls_files(self.root / "tls", days=tls_days) if listener in ("SSL", "SASL_SSL") else None
+        #: whether :meth:`settings` names passwords by file unless told otherwise (a re-attached cluster knows no other)
+        self.password_files = False
         self._started = False
 
     # ---- addresses
@@ -97,10 +99,11 @@ class LocalKafka:
     def bootstrap_servers(self) -> str:
         return ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
 
-    def settings(self, user: str | None = None, *, password_file: bool = False, **overrides: Any) -> KafkaSettings:
+    def settings(self, user: str | None = None, *, password_file: bool | None = None,
+                 **overrides: Any) -> KafkaSettings:
         """Client settings for this cluster: the client certificate and/or SASL credentials of ``user``
         (default: the first user). ``password_file`` names the password by a 0600 file in the cluster's
-        folder instead of carrying it inline."""
+        folder instead of carrying it inline (default: :attr:`password_files`)."""
         values: dict[str, Any] = {"bootstrap_servers": self.bootstrap_servers}
         if self.tls is not None:
             values.update(security_protocol="SSL", ssl_cafile=str(self.tls.ca_cert),
@@ -113,8 +116,10 @@ class LocalKafka:
             values.update(security_protocol=self.listener,
                           sasl_mechanism="PLAIN" if self.listener == "SASL_PLAINTEXT" else SCRAM_MECHANISM,
                           sasl_plain_username=user)
-            if password_file:
+            if self.password_files if password_file is None else password_file:
                 values["sasl_plain_password_file"] = str(self.password_file(user))
+            elif users[user] is None:
+                raise ValueError(f"{user}'s password is known only by its file here: pass password_file=True")
             else:
                 values["sasl_plain_password"] = users[user]
         values.update(overrides)
@@ -128,13 +133,16 @@ class LocalKafka:
 
     def password_file(self, user: str) -> Path:
         """A 0600 file in the cluster's folder holding ``user``'s password (written on first use)."""
-        path = self.root / "secrets" / f"{user}.password"
+        path = self.password_path(user)
         if not path.exists():
             write_secret_file(path, self._all_users[user])
         return path
 
+    def password_path(self, user: str) -> Path:
+        return self.root / "secrets" / f"{user}.password"
+
     @property
-    def _all_users(self) -> dict[str, str]:
+    def _all_users(self) -> dict[str, str | None]:
         return dict(self.sasl_users, **dict([self.admin] if self.admin else []))
 
     def grant(self, *grants: AccessGrant) -> None:
@@ -320,7 +328,7 @@ class LocalKafka:
                 node.process.wait(timeout=10)
         node.process = None
 
-    # ---- detached mode for `judo kafka up|down|status`
+    # ---- what `judo kafka up|down|status` (cluster.kafka_detached) remembers: paths and names, never a password
     def describe(self) -> dict[str, Any]:
         return {
             "version": self.version,
@@ -332,53 +340,9 @@ class LocalKafka:
                  "data_dir": str(n.data_dir), "pid": n.pid}
                 for n in self.nodes
             ],
+            "listener": self.listener,
+            "acls": self.acls,
+            "users": list(self.sasl_users),
+            "admin_user": self.admin[0] if self.admin else None,
+            "tls": {name: str(path) for name, path in asdict(self.tls).items()} if self.tls else None,
         }
-
-    @classmethod
-    def from_description(cls, state: dict[str, Any]) -> "LocalKafka":
-        """Re-attach to brokers started by another process (see ``judo kafka up``)."""
-        kafka = cls(brokers=len(state["nodes"]), data_dir=state["root"], version=state["version"])
-        kafka.cluster_id = state["cluster_id"]
-        kafka.nodes = [
-            BrokerNode(node_id=n["node_id"], port=n["port"], controller_port=n["controller_port"],
-                       data_dir=Path(n["data_dir"]), pid=n["pid"])
-            for n in state["nodes"]
-        ]
-        kafka._libs = ensure_kafka_jars(kafka.version)
-        kafka._started = True
-        return kafka
-
-
-# --------------------------------------------------------------------------- detached mode
-
-STATE_FILE = CACHE_ROOT / "kafka-local" / "state.json"
-
-
-def kafka_up(brokers: int = 1) -> LocalKafka:
-    """Start a detached local cluster that outlives this process; remember it in a state file."""
-    existing = kafka_attach()
-    if existing is not None and existing.running_brokers():
-        return existing
-    root = STATE_FILE.parent / "data"
-    shutil.rmtree(root, ignore_errors=True)
-    kafka = LocalKafka(brokers=brokers, data_dir=root)
-    kafka.start()
-    atexit.unregister(kafka.stop)
-    STATE_FILE.write_text(json.dumps(kafka.describe(), indent=2))
-    return kafka
-
-
-def kafka_attach() -> LocalKafka | None:
-    if not STATE_FILE.exists():
-        return None
-    return LocalKafka.from_description(json.loads(STATE_FILE.read_text()))
-
-
-def kafka_down() -> bool:
-    """Stop the detached cluster started by :func:`kafka_up`; True if there was one."""
-    kafka = kafka_attach()
-    if kafka is None:
-        return False
-    kafka.stop(remove_data=True)
-    STATE_FILE.unlink(missing_ok=True)
-    return True

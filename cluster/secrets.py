@@ -9,6 +9,7 @@ Errors name the variable or file, never the value.
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 
@@ -56,4 +57,21 @@ def write_secret_file(path: Path, secret: str) -> Path:
     with os.fdopen(fd, "w") as out:
         out.write(secret + "\n")
     path.chmod(0o600)
+    return path
+
+
+def generated_secret_file(path: Path, nbytes: int = 32) -> Path:
+    """``path``, holding a random token made on first use (0600): a laptop's, the demo's or the tests' own
+    secret. The file appears whole or not at all, and one another process made first is kept."""
+    path = Path(path).expanduser()
+    if path.exists():
+        return path
+    staged = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    write_secret_file(staged, secrets.token_urlsafe(nbytes))
+    try:
+        os.link(staged, path)  # atomic, and fails if the file exists by now
+    except FileExistsError:
+        pass
+    finally:
+        staged.unlink(missing_ok=True)
     return path

@@ -31,12 +31,12 @@ def build_tiny_model(processor: JudoProcessor, seed: int = 0) -> Qwen2_5_VLForCo
     """A randomly initialised ``tiny`` model sized to ``processor``'s vocabulary."""
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(tiny_config(processor.tokenizer))
-    model.generation_config = _generation_config(processor)
+    model.generation_config = judo_generation_config(processor)
     return model.eval()
 
 
-def _generation_config(processor: JudoProcessor) -> GenerationConfig:
-    """Greedy decoding that stops at the end of the assistant turn."""
+def judo_generation_config(processor: JudoProcessor) -> GenerationConfig:
+    """Greedy decoding that stops at the end of the assistant turn (JUDO's, whatever a base model's was)."""
     tokenizer = processor.tokenizer
     return GenerationConfig(
         eos_token_id=stop_token_ids(tokenizer),

@@ -19,10 +19,10 @@ from cluster import cli as cluster_cli
 from judo_model import cli as judo_model_cli
 from judo_model.prefilter import cli as prefilter_cli
 from pipelines import commands as pipeline_commands
-from pipelines import feedback_cli
+from pipelines import feedback_cli, train_cli
 
 #: Runtime modules that contribute subcommands, each exposing ``register(subparsers)``.
-COMMAND_MODULES = (cluster_cli, judo_model_cli, prefilter_cli, pipeline_commands, feedback_cli)
+COMMAND_MODULES = (cluster_cli, judo_model_cli, prefilter_cli, pipeline_commands, feedback_cli, train_cli)
 #: Loggers whose INFO messages are not news to a user: faiss's search for its AVX builds.
 QUIET_LOGGERS = ("faiss.loader",)
 #: Entry-point group of ``register(subparsers)`` functions from packages above the runtime.

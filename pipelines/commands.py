@@ -14,9 +14,10 @@ from rich.live import Live
 from rich.table import Table
 
 from cluster.kafka import KafkaError
-from cluster.local_kafka import kafka_attach, kafka_up
+from cluster.kafka_detached import kafka_attach, kafka_up
 from cluster.telemetry import percentile
 from pipelines.config import ConfigError, load_config
+from pipelines.metrics_http import check_metrics_settings
 
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,10 @@ def run_pipeline(args: argparse.Namespace) -> int:
     from pipelines.runner import Pipeline
     logging.getLogger("kafka").setLevel(logging.WARNING)
     config = config_or_exit(args.config)
+    try:
+        check_metrics_settings(config.metrics)  # before Kafka, Ray and the models: /metrics never serves open
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
     console = Console()
     pipeline = Pipeline(config, kafka_settings_for(config))
     with console.status("starting Ray, the prefilter pool and JUDO on Ray Serve..."):

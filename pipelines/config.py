@@ -6,6 +6,7 @@ Loaded from YAML and validated with pydantic; errors name the offending key, e.g
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -13,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cluster.kafka import KafkaSettings
-from cluster.secrets import read_secret
+from cluster.secrets import SecretError, read_secret
 
 
 class ConfigError(ValueError):
@@ -22,6 +23,13 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def inline_secret_refusal(name: str, what: str) -> str:
+    """Why a config may not carry ``name`` inline, and the two references to use instead."""
+    return (f"{name} gives the {what} inline, which a config may not (it would travel in the file, in dumps "
+            f"and in Ray actors' arguments): name it instead with {name}_env (an environment variable) or "
+            f"{name}_file (a file holding it on its first line, mode 0600)")
 
 
 class KafkaSection(_Section):
@@ -35,6 +43,9 @@ class KafkaSection(_Section):
     def _external_needs_servers(self) -> "KafkaSection":
         if self.mode == "external" and self.settings is None:
             raise ValueError("kafka.settings (bootstrap_servers, security) is required when kafka.mode is external")
+        for name, what in (("sasl_plain_password", "SASL password"), ("ssl_password", "client key's password")):
+            if self.settings is not None and getattr(self.settings, name):
+                raise ValueError("settings." + inline_secret_refusal(name, what))
         return self
 
 
@@ -144,9 +155,7 @@ class HttpSection(_Section):
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = 8000
-    bearer_token: str | None = Field(None, repr=False, description="the token inline; prefer bearer_token_env "
-                                     "or bearer_token_file, which keep it out of the config and the replicas' "
-                                     "arguments")
+    bearer_token: str | None = Field(None, repr=False, description="refused: use bearer_token_env or _file")
     bearer_token_env: str | None = Field(None, description="environment variable holding the bearer token "
                                          "(read in each replica; every node needs it)")
     bearer_token_file: Path | None = Field(None, description="file holding the bearer token (first line)")
@@ -162,7 +171,9 @@ class HttpSection(_Section):
 
     @model_validator(mode="after")
     def _secure(self) -> "HttpSection":
-        sources = [s for s in ("bearer_token", "bearer_token_env", "bearer_token_file") if getattr(self, s)]
+        if self.bearer_token:
+            raise ValueError(inline_secret_refusal("bearer_token", "HTTP bearer token"))
+        sources = [s for s in ("bearer_token_env", "bearer_token_file") if getattr(self, s)]
         if self.enabled and not sources:
             raise ValueError("enabled needs a bearer token: set bearer_token_env or bearer_token_file "
                              "(the endpoint is never open without one)")
@@ -173,9 +184,8 @@ class HttpSection(_Section):
         return self
 
     def token(self) -> str | None:
-        """The bearer token from its inline value, environment variable or file (None: none configured)."""
-        return read_secret(value=self.bearer_token, env=self.bearer_token_env, file=self.bearer_token_file,
-                           what="judo.http bearer token")
+        """The bearer token from its environment variable or file (None: none configured)."""
+        return read_secret(env=self.bearer_token_env, file=self.bearer_token_file, what="judo.http bearer token")
 
     def serve_http_options(self) -> dict:
         """``serve.start(http_options=...)``: where to listen, and HTTPS when a certificate is given."""
@@ -239,12 +249,70 @@ class RaySection(_Section):
                               "by judo.resources")
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (127.0.0.0/8, ::1 or localhost)."""
+    try:
+        return host.lower() == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class MetricsSection(_Section):
-    """The Prometheus endpoint the pipeline serves (``/metrics``; names in docs/pipeline.md)."""
+    """The Prometheus endpoint the pipeline serves (``/metrics``; names in docs/pipeline.md): on by default, and
+    never without a bearer token unless ``allow_unauthenticated_localhost`` says so for a scraper on this host."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(9464, ge=0, le=65535, description="0 picks a free port (logged)")
+    bearer_token: str | None = Field(None, repr=False, description="refused: use bearer_token_env or _file")
+    bearer_token_env: str | None = Field(None, description="environment variable holding the token scrapers send "
+                                         "as Authorization: Bearer (read by the runner at start)")
+    bearer_token_file: Path | None = Field(None, description="file holding that token (first line); Prometheus "
+                                           "reads the same file with authorization.credentials_file")
+    ssl_certfile: Path | None = Field(None, description="PEM certificate (chain): /metrics is then served over HTTPS")
+    ssl_keyfile: Path | None = Field(None, description="PEM private key of ssl_certfile")
+    allow_unauthenticated_localhost: bool = Field(
+        False, description="serve /metrics with no token, for a scraper on this machine only: host must be a "
+                           "loopback address, and no token may be configured")
+
+    @model_validator(mode="after")
+    def _secure(self) -> "MetricsSection":
+        if self.bearer_token:
+            raise ValueError(inline_secret_refusal("bearer_token", "metrics bearer token"))
+        sources = [s for s in ("bearer_token_env", "bearer_token_file") if getattr(self, s)]
+        if len(sources) > 1:
+            raise ValueError(f"give the bearer token one way only (got {', '.join(sources)})")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile go together")
+        if self.allow_unauthenticated_localhost:
+            if sources:
+                raise ValueError(f"allow_unauthenticated_localhost and {sources[0]} exclude each other: "
+                                 "with a token configured, every scrape must send it")
+            if not is_loopback(self.host):
+                raise ValueError(f"allow_unauthenticated_localhost needs a loopback host (127.0.0.1, ::1 or "
+                                 f"localhost), got {self.host!r}: anywhere else /metrics needs a bearer token")
+        return self
+
+    def token(self) -> str | None:
+        """The bearer token from its environment variable or file (None: none configured)."""
+        return read_secret(env=self.bearer_token_env, file=self.bearer_token_file, what="metrics bearer token")
+
+    def required_token(self) -> str | None:
+        """The token every scrape must send; None when disabled or under ``allow_unauthenticated_localhost``.
+        :class:`ConfigError` when the endpoint is enabled with neither, or its token cannot be read:
+        /metrics is never served open by default."""
+        if not self.enabled:
+            return None
+        try:
+            token = self.token()
+        except SecretError as exc:
+            raise ConfigError(f"metrics: {exc}") from None
+        if token is None and not self.allow_unauthenticated_localhost:
+            raise ConfigError("metrics: the Prometheus endpoint is enabled without a bearer token, and it never "
+                              "serves without one. Set metrics.bearer_token_file (Prometheus: authorization: "
+                              "{credentials_file: ...}) or metrics.bearer_token_env; or metrics.enabled: false; or, "
+                              "for a scraper on this host only, metrics.allow_unauthenticated_localhost: true")
+        return token
 
 
 class PipelineConfig(_Section):

@@ -4,8 +4,9 @@ Each frame driver keeps a :class:`FrameMetrics` in its stats (frames by line, du
 and stage, dead letters by stage, latency histograms) as plain nested dicts, so a report crosses Ray
 and reports add up with :func:`merge_stats`. The runner's :class:`PipelineCollector` keeps the last
 report of every driver it ever ran (:class:`DriverTotals`: a replaced driver's counts stay in the sum,
-so counters never go down) and serves them with ``prometheus_client`` (:func:`serve_metrics`). No Ray
-here: the runner passes in how to ask the drivers and Serve.
+so counters never go down) and serves them with ``prometheus_client`` (:func:`serve_metrics`): every scrape
+must carry the configured bearer token, over HTTPS when a certificate is given (:mod:`pipelines.metrics_http`).
+No Ray here: the runner passes in how to ask the drivers and Serve.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
 
 from kafka import TopicPartition
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
 from cluster.kafka import KafkaSettings
 from cluster.messages import DeadLetter, Frame, Verdict
+from pipelines.config import MetricsSection
+from pipelines.metrics_http import bearer_guard, listen, tls_context
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +263,8 @@ class MetricsServer:
     thread: threading.Thread
     collector: PipelineCollector
     host: str
+    tls: bool = False
+    authenticated: bool = True
 
     @property
     def port(self) -> int:
@@ -267,7 +272,8 @@ class MetricsServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/metrics"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}/metrics"
 
     def close(self) -> None:
         self.server.shutdown()
@@ -277,19 +283,33 @@ class MetricsServer:
                 self.collector.lag.close()
 
 
-def serve_metrics(settings, collector: PipelineCollector) -> MetricsServer | None:
+def serve_metrics(settings: MetricsSection, collector: PipelineCollector) -> MetricsServer | None:
     """Serve ``collector`` on ``settings.host:settings.port`` (the config's ``metrics`` section; port 0 picks a free
-    one). None when disabled, or when the port is taken: metrics must never stop inspection, so that is a warning."""
+    one), each scrape checked for the bearer token, over HTTPS with a certificate. None when disabled, or when the
+    port is taken: metrics must never stop inspection, so that is a warning. A missing token (with no
+    ``allow_unauthenticated_localhost``) or an unreadable token or certificate is a :class:`ConfigError`."""
     if not settings.enabled:
         return None
+    token = settings.required_token()
+    context = tls_context(settings)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
+    app = make_wsgi_app(registry)
     try:
-        server, thread = start_http_server(settings.port, addr=settings.host, registry=registry)
+        server = listen(settings.host, settings.port, app if token is None else bearer_guard(app, token), context)
     except OSError as exc:
         log.warning("metrics: cannot serve on %s:%d (%s); the pipeline runs without /metrics. Set metrics.port to "
                     "a free port (0: any) or metrics.enabled: false", settings.host, settings.port, exc)
         return None
-    served = MetricsServer(server, thread, collector, settings.host)
-    log.info("metrics: Prometheus endpoint at %s", served.url)
+    thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
+    thread.start()
+    served = MetricsServer(server, thread, collector, settings.host, tls=context is not None,
+                           authenticated=token is not None)
+    if token is None:
+        log.warning("metrics: Prometheus endpoint at %s WITHOUT authentication (metrics.allow_unauthenticated_"
+                    "localhost): any process on this machine may read it", served.url)
+    else:
+        source = (f"environment variable {settings.bearer_token_env}" if settings.bearer_token_env
+                  else f"file {settings.bearer_token_file}")
+        log.info("metrics: Prometheus endpoint at %s; scrapes send the bearer token in %s", served.url, source)
     return served

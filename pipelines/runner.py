@@ -30,6 +30,7 @@ from judo_model.prefilter.bank_format import BANK_META
 from pipelines.config import PipelineConfig
 from pipelines.driver import FrameDriverActor
 from pipelines.metrics import ConsumerLag, PipelineCollector, merge_stats, serve_metrics
+from pipelines.metrics_http import check_metrics_settings
 from pipelines.serve_app import APP_NAME, JudoReplica, build_judo_deployment
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,7 @@ class Pipeline:
 
     def start(self) -> "Pipeline":
         cfg = self.config
+        check_metrics_settings(cfg.metrics)  # a /metrics without its token fails here, before anything starts
         topics = cfg.topics
         topic_configs = ({"min.insync.replicas": str(topics.min_insync_replicas)}
                          if topics.min_insync_replicas is not None else {})

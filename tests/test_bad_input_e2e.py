@@ -70,11 +70,11 @@ def _wait_for_commits(settings, group: str, topic: str, timeout_s: float) -> tup
 def run(sasl_kafka, pipeline_banks, tmp_path_factory) -> Run:
     tmp = tmp_path_factory.mktemp("bad-input")
     marker = tmp / "unpickled"
-    config = pipeline_test_config(pipeline_banks, SHIPPED_CHECKPOINT, sasl_kafka.settings(), tmp / "traces.jsonl",
-                                  "badin", ingest=INGEST)
-    config = parse_config(config.model_dump(mode="json"))  # as read from a YAML file
+    config = pipeline_test_config(pipeline_banks, SHIPPED_CHECKPOINT, sasl_kafka.settings(password_file=True),
+                                  tmp / "traces.jsonl", "badin", ingest=INGEST)
+    config = parse_config(config.model_dump(mode="json"))  # as read from a YAML file: the password named, not given
     settings = kafka_settings_for(config)
-    assert settings.security_protocol == "SASL_PLAINTEXT" and settings.sasl_plain_password == "pipeline-s3cret"
+    assert settings.security_protocol == "SASL_PLAINTEXT" and settings.secret("sasl_plain_password") == "pipeline-s3cret"
 
     flood_camera, calm_camera = (CameraSpec(line.id, line.cameras[0], line.product) for line in config.lines)
     flood = [s.frame for s in CameraSimulator([flood_camera], defect_rate=0.0, seed=3, run_id="badin").frames(FLOOD)]

@@ -119,6 +119,7 @@ def test_nothing_but_the_login_page_and_static_files_without_credentials(dashboa
 def test_a_login_gives_an_httponly_strict_session_of_its_role(dashboard, form, role):
     session = login(dashboard, **form)
     assert session["session"]["role"] == role and len(session["X-CSRF-Token"]) >= 32
+    assert session["session"]["may_send_feedback"] is (role == "operator")  # the page offers feedback controls by it
     assert {"HttpOnly", "SameSite=Strict", "Path=/"} <= {a.strip() for a in session["set-cookie"].split(";")}
     status, headers, body = call(dashboard, "GET", "/api/verdicts", headers={"Cookie": session["Cookie"]})
     assert status == 200 and json.loads(body)["cards"][0]["verdict"]["defect"]["reasoning"] == "<b>bold</b>"

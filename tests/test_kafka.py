@@ -5,18 +5,30 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from kafka.errors import KafkaError as ClientError
+from kafka.errors import TopicAuthorizationFailedError
 
 from cluster.kafka import KafkaSettings, TopicSpec, create_topics
-from cluster.kafka_broker import BrokerNode, broker_properties, ensure_kafka_jars, new_cluster_id
-from cluster.local_kafka import STATE_FILE, LocalKafka
+from cluster.kafka_broker import (
+    CACHE_ROOT,
+    KAFKA_VERSION,
+    BrokerNode,
+    broker_properties,
+    ensure_kafka_jars,
+    new_cluster_id,
+)
+from cluster.kafka_detached import STATE_FILE, SecureLayout
+from cluster.local_kafka import LocalKafka
 from cluster.messages import Defect, Frame, Verdict
 from cluster.records import (
     MessageValidationError,
@@ -27,6 +39,11 @@ from cluster.records import (
 )
 from cluster.telemetry import extract_context, inject_headers, setup_tracing, trace_id_hex, tracer
 from judo_model.imaging import decode_image, encode_png
+from pipelines.config import IngestSection, TopicsSection, parse_config
+
+#: The rest of a pipeline config, beside the ``kafka`` section `judo kafka up --secure` prints.
+PIPELINE_REST = {"lines": [{"id": "l1", "product": "bottle", "cameras": ["c1"]}],
+                 "products": {"bottle": {"bank": "b"}}, "judo": {"checkpoint": "c"}}
 
 
 def consume_all(settings, topic, count, group="g", timeout_s=30.0, commit=True):
@@ -176,6 +193,92 @@ def test_cli_up_prints_a_usable_address_and_down_leaves_no_java(tmp_path):
                               capture_output=True, text=True, env=state_env, timeout=120)
     assert down.returncode == 0, down.stderr
     assert _java_pids() - before == set()
+
+
+def _send(settings: KafkaSettings, topic: str) -> None:
+    producer = settings.model_copy(update={"request_timeout_ms": 5000}).producer(max_block_ms=5000)
+    try:
+        producer.send(topic, key=b"k", value=b"v").get(timeout=10)
+    finally:
+        producer.close(timeout=1)
+
+
+def _judo(*args: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+def test_the_secure_layout_grants_the_pipeline_config_s_default_topics_and_group():
+    layout, topics = SecureLayout(), TopicsSection()
+    assert (layout.frames, layout.verdicts, layout.dead_letters, layout.feedback, layout.partitions) == (
+        topics.frames, topics.verdicts, topics.dead_letters, topics.feedback, topics.partitions)
+    assert layout.group_id == IngestSection().group_id
+
+
+@pytest.mark.skipif(not (CACHE_ROOT / "kafka" / KAFKA_VERSION / ".complete").exists(),
+                    reason="the Kafka jars are not fetched yet (the kafka fixture fetches them)")
+def test_cli_up_secure_prints_files_never_passwords_and_its_snippet_reaches_the_secured_broker(tmp_path):
+    cache = tmp_path / "cache"  # a state file of its own: a developer's `judo kafka up` stays untouched
+    (cache / "kafka").mkdir(parents=True)
+    (cache / "kafka" / KAFKA_VERSION).symlink_to(CACHE_ROOT / "kafka" / KAFKA_VERSION)  # the jars, not the state
+    env = {**os.environ, "JUDO_CACHE": str(cache)}
+    up = _judo("kafka", "up", "--secure", env=env)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        files = dict(re.findall(r"^  (\S+)\s+(/\S+\.password)\s", up.stdout, flags=re.M))
+        assert set(files) == {"judo-pipeline", "judo-dashboard", "judo-camera", "admin"}, up.stdout
+        passwords = {user: Path(path).read_text().strip() for user, path in files.items()}
+        state = (cache / "kafka-local" / "state.json").read_text()
+        status = _judo("kafka", "status", "--json", env=env, timeout=60)
+        for user, path in files.items():
+            assert Path(path).stat().st_mode & 0o777 == 0o600, path
+            for text in (up.stdout, up.stderr, state, status.stdout):
+                assert passwords[user] not in text, f"{user}'s password printed or stored"
+        for label in ("CA certificate", "client certificate", "client key"):
+            path = re.search(rf"^{label}:\s+(\S+)", up.stdout, flags=re.M).group(1)
+            assert Path(path).is_file(), label
+        described = json.loads(status.stdout)
+        assert (described["listener"], described["acls"]) == ("SASL_SSL", True) and described["running"]
+
+        snippet = yaml.safe_load(up.stdout[up.stdout.index("\nkafka:\n"):])
+        pipeline = parse_config({**PIPELINE_REST, **snippet}).kafka.settings  # a valid config: secrets by file
+        assert (pipeline.security_protocol, pipeline.sasl_mechanism, pipeline.sasl_plain_username) == (
+            "SASL_SSL", "SCRAM-SHA-512", "judo-pipeline")
+        assert pipeline.sasl_plain_password is None and pipeline.ssl_certfile
+        camera = pipeline.model_copy(update={"sasl_plain_username": "judo-camera",
+                                             "sasl_plain_password_file": files["judo-camera"]})
+        producer = camera.producer()
+        producer.send("frames", **frame_to_record(sample_frame(7))._asdict()).get(timeout=30)
+        producer.close()
+        [record] = consume_all(pipeline, "frames", 1, group="judo-inspect")
+        assert frame_from_record(record.key, record.value, record.headers).frame_id == "f-0007"
+        producer = pipeline.producer()
+        producer.send("verdicts", key=b"f-0007", value=b"{}").get(timeout=30)
+        producer.close()
+        with pytest.raises(TopicAuthorizationFailedError):  # the pipeline may not write frames
+            _send(pipeline, "frames")
+        with pytest.raises(ClientError):  # nobody gets in with a wrong password...
+            _send(pipeline.model_copy(update={"sasl_plain_password_file": None, "sasl_plain_password": "wrong"}),
+                  "verdicts")
+        with pytest.raises(ClientError):  # ...or without TLS and SCRAM
+            _send(KafkaSettings(bootstrap_servers=pipeline.bootstrap_servers), "verdicts")
+
+        # kafka.mode: embedded attaches to it as the pipeline's principal, the password named by its file
+        attach = subprocess.run(
+            [sys.executable, "-c", "import json; from pipelines.commands import kafka_settings_for; "
+             "from pipelines.config import parse_config; "
+             f"print(json.dumps(kafka_settings_for(parse_config({PIPELINE_REST!r})).model_dump()))"],
+            capture_output=True, text=True, env=env, timeout=120)
+        assert attach.returncode == 0, attach.stderr
+        attached = json.loads(attach.stdout.strip().splitlines()[-1])
+        assert (attached["sasl_plain_username"], attached["sasl_plain_password"]) == ("judo-pipeline", None)
+        assert attached["sasl_plain_password_file"] == files["judo-pipeline"]
+        assert _judo("kafka", "up", env=env, timeout=60).returncode == 1, "no plaintext broker beside the secured one"
+    finally:
+        down = _judo("kafka", "down", env=env, timeout=120)
+    assert down.returncode == 0, down.stderr
+    left = subprocess.run(["pgrep", "-f", f"kafka.Kafka {cache}"], capture_output=True, text=True).stdout
+    assert left.split() == [], "no broker of the secured cluster is left running"
 
 
 def test_sasl_plain_settings_pass_through_to_kafka_python():

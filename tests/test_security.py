@@ -106,7 +106,7 @@ kafka:
     security_protocol: SASL_SSL
     sasl_mechanism: PLAIN
     sasl_plain_username: judo
-    sasl_plain_password: s3cret
+    sasl_plain_password_env: JUDO_TEST_PIPELINE_KAFKA_PW
     ssl_cafile: /etc/kafka/ca.pem
 lines: [{id: line1, product: bottle, cameras: [line1-cam1]}]
 products: {bottle: {bank: banks/bottle}}
@@ -114,7 +114,8 @@ judo: {checkpoint: checkpoints/judo-tiny}
 """
 
 
-def test_security_settings_in_the_config_become_every_client_s_settings():
+def test_security_settings_in_the_config_become_every_client_s_settings(monkeypatch):
+    monkeypatch.setenv("JUDO_TEST_PIPELINE_KAFKA_PW", "s3cret")
     config = parse_config(yaml.safe_load(PIPELINE_YAML))
     settings = kafka_settings_for(config)
     # the runner hands drivers and the sink ``settings.model_dump()``; nothing may be lost on the way

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +25,9 @@ from pipelines.http_api import KNOWN_KEYS, HttpRefusal, check_bearer, http_reque
 from pipelines.judo_request import JudoFrameRequest
 
 BASE = {"lines": [{"id": "l1", "product": "bottle", "cameras": ["c1"]}], "products": {"bottle": {"bank": "b"}}}
+ROOT = Path(__file__).resolve().parents[1]
+#: Config keys that would hold a secret's value rather than name it.
+INLINE_SECRET_KEYS = ("sasl_plain_password", "ssl_password", "bearer_token")
 IMAGE = base64.b64encode(encode_png(np.zeros((16, 16, 3), np.uint8))).decode()
 
 
@@ -73,6 +78,44 @@ def test_kafka_passwords_are_read_from_env_or_file_only_when_a_client_is_built(t
     assert "inline-Secret-3" not in repr(inline) and "inline-Secret-3" not in str(inline)
 
 
+@pytest.mark.parametrize("section, key, alternatives", [
+    ("kafka", "sasl_plain_password", "sasl_plain_password_env.*sasl_plain_password_file"),
+    ("kafka", "ssl_password", "ssl_password_env.*ssl_password_file"),
+    ("judo.http", "bearer_token", "bearer_token_env.*bearer_token_file"),
+    ("metrics", "bearer_token", "bearer_token_env.*bearer_token_file"),
+])
+def test_a_secret_given_inline_in_the_config_is_refused_naming_the_alternatives(section, key, alternatives):
+    secret = "inline-Secret-9"
+    if section == "kafka":
+        raw = {**BASE, "judo": {"checkpoint": "c"}, "kafka": {"mode": "external", "settings": {
+            "bootstrap_servers": "b:9093", "security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
+            "sasl_plain_username": "u", key: secret}}}
+    elif section == "judo.http":
+        raw = {**BASE, "judo": {"checkpoint": "c", "http": {"enabled": True, key: secret}}}
+    else:
+        raw = {**BASE, "judo": {"checkpoint": "c"}, "metrics": {key: secret}}
+    with pytest.raises(ConfigError, match=f"(?s){key} gives the .* inline.*{alternatives}") as refused:
+        parse_config(raw)
+    assert secret not in str(refused.value)
+
+
+def _yaml_texts():
+    """Every YAML file in the repository, and every YAML block of its Markdown."""
+    for path in sorted(ROOT.rglob("*.y*ml")):
+        if not any(part.startswith(".") or part.endswith("egg-info") for part in path.relative_to(ROOT).parts):
+            yield path, path.read_text()
+    for path in sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")]):
+        for block in re.findall(r"```ya?ml\n(.*?)```", path.read_text(), flags=re.S):
+            yield path, block
+
+
+def test_no_shipped_config_or_documented_example_holds_a_secret_inline():
+    inline = re.compile(rf"^\s*({'|'.join(INLINE_SECRET_KEYS)})\s*:\s*(?!null\b|~)\S", re.M)
+    found = [(str(path.relative_to(ROOT)), m.group(0).strip()) for path, text in _yaml_texts()
+             for m in inline.finditer(text)]
+    assert found == []
+
+
 def test_secret_references_fail_with_the_reference_not_the_value(tmp_path):
     with pytest.raises(SecretError, match="cannot read"):
         read_secret(file=tmp_path / "missing", what="x")
@@ -86,7 +129,7 @@ def test_secret_references_fail_with_the_reference_not_the_value(tmp_path):
 
 @pytest.mark.parametrize("http, message", [
     ({"enabled": True}, "needs a bearer token"),
-    ({"enabled": True, "bearer_token": "a", "bearer_token_env": "B"}, "one way only"),
+    ({"enabled": True, "bearer_token_env": "A", "bearer_token_file": "/b"}, "one way only"),
     ({"enabled": True, "bearer_token_env": "B", "ssl_certfile": "/c.pem"}, "go together"),
 ])
 def test_the_http_endpoint_is_never_enabled_without_a_token(http, message):

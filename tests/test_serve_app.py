@@ -14,6 +14,7 @@ from ray import serve
 
 from cluster.kafka_broker import free_port
 from cluster.ray_runtime import start_ray, stop_ray
+from cluster.secrets import write_secret_file
 from cluster.telemetry import read_spans, setup_tracing
 from judo_model.imaging import encode_png
 from judo_model.modeling import load_model, save_checkpoint
@@ -97,7 +98,8 @@ def test_serve_deployment_answers_handles_and_token_protected_http(tiny_checkpoi
         "lines": [{"id": "l1", "product": "bottle", "cameras": ["c1"]}],
         "products": {"bottle": {"bank": str(tmp_path)}},
         "judo": {"checkpoint": str(tiny_checkpoint), "max_new_tokens": 16, "num_cpus": 0,
-                 "http": {"enabled": True, "port": port, "bearer_token": "t0ken"}},
+                 "http": {"enabled": True, "port": port,
+                          "bearer_token_file": str(write_secret_file(tmp_path / "http.token", "t0ken"))}},
         "telemetry": {"trace_file": None},
     })
     started = start_ray(num_cpus=2)

@@ -114,7 +114,8 @@ def test_sigterm_drains_and_commits_and_a_restart_finishes_the_rest(kafka, pipel
     config = pipeline_test_config(pipeline_banks, SHIPPED_CHECKPOINT, settings, tmp_path / "traces.jsonl", prefix,
                                   ingest={"group_id": f"{prefix}-group"})
     port = free_port()
-    config = config.model_copy(update={"metrics": MetricsSection(port=port)})
+    token_file = config.metrics.bearer_token_file  # the demo config's generated token: /metrics never serves without
+    config = config.model_copy(update={"metrics": MetricsSection(port=port, bearer_token_file=token_file)})
     config_file = tmp_path / "pipeline.yaml"
     config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     topics = config.topics
@@ -159,7 +160,7 @@ def test_sigterm_drains_and_commits_and_a_restart_finishes_the_rest(kafka, pipel
         url = f"http://127.0.0.1:{port}/metrics"
         deadline = time.monotonic() + 60
         while True:
-            samples = scrape(url)
+            samples = scrape(url, token_file.read_text().strip())
             verdict_samples = {tuple(dict(labels)[k] for k in ("line", "product", "stage")): value
                                for (name, labels), value in samples.items() if name == "judo_verdicts_total"}
             lag = sum(value for (name, _), value in samples.items() if name == "judo_consumer_lag_records")

@@ -30,6 +30,7 @@ from judo_model.prefilter.fitting import fit_bank_from_folder
 from judo_model.prefilter.references import REFERENCES_SUBDIR, ReferenceIndex
 from pipelines.commands import summary_table
 from pipelines.config import PipelineConfig
+from pipelines.metrics_http import local_token_file
 from pipelines.runner import Pipeline
 from tooling.gallery import collect_verdicts, gallery_card, score_against_truth, write_gallery
 from tooling.simulator import CameraSimulator, CameraSpec
@@ -83,6 +84,7 @@ def demo_config(banks: dict[str, Path], checkpoint: Path, bootstrap: str, trace_
                  "replicas": {"min": 1, "max": 1}, "num_cpus": 0},
         "telemetry": {"trace_file": str(trace_file)},
         "ray": {"num_cpus": 2},
+        "metrics": {"bearer_token_file": str(local_token_file())},  # /metrics never serves without a token
     })
 
 

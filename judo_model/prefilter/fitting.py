@@ -12,6 +12,7 @@ from judo_model.imaging import load_image
 from judo_model.prefilter.patchcore import PatchCoreBank, PatchCoreConfig
 from judo_model.prefilter.references import REFERENCES_SUBDIR, DefectExemplars, ReferenceIndex
 from judo_model.prefilter.scorer import PrefilterScorer
+from judo_model.prefilter.selection import select_config
 
 #: folders of a category that hold labelled defect examples, ``<split>/<defect type>/*.png``
 #: (``defect_examples`` for a plant's own library; ``train_qa`` in the synthetic data)
@@ -41,6 +42,8 @@ def fit_bank_from_folder(
     folds: int = 5,
     camera: str | None = None,
     target_recall: float | None = DEFAULT_TARGET_RECALL,
+    select: bool = False,
+    min_fps: float | None = None,
 ) -> PrefilterScorer:
     """Fit, calibrate and save one product's bank plus its reference index from an MVTec-style folder.
 
@@ -50,7 +53,9 @@ def fit_bank_from_folder(
     defect exemplars and for ``position_norm='auto'``; writes ``out/`` and ``out/references/``. One
     backbone pass serves bank and references. Recall first: with labelled defect examples the
     threshold routes ``target_recall`` of them (cross-validated; None: the routing budget
-    ``target_routing_rate`` decides, as it does without examples).
+    ``target_routing_rate`` decides, as it does without examples). ``select``: backbone, canvas size and
+    cell levels are chosen first on synthetic defects in held-out ``train/good`` frames
+    (:func:`~judo_model.prefilter.selection.select_config`, at least ``min_fps``); the report is saved.
     """
     cats = discover_categories(data, [category] if category else None)
     if len(cats) != 1:
@@ -58,14 +63,19 @@ def fit_bank_from_folder(
     cat = cats[0]
     train = cat.split("train", "good")
     validation = cat.split("validation", "good")
+    train_frames = [s.load_image() for s in train]
+    report = None
+    if select:
+        config, report = select_config(train_frames, config, min_fps=min_fps)
     bank = PatchCoreBank(config, product=cat.name, camera=camera)
-    embedded = bank.embed(bank.set_canvas_from([s.load_image() for s in train]), "embed train/good")
+    embedded = bank.embed(bank.set_canvas_from(train_frames), "embed train/good")
     val = bank.embed([s.load_image() for s in validation]) if validation else None
     examples = labelled_defect_examples(cat.root)
     defect_frames = [load_image(path) for path, _ in examples]
     defects = bank.embed(defect_frames) if examples else None
     scorer = PrefilterScorer.fit_embedded(bank, embedded, val, target_routing_rate, folds, defects,
                                           target_recall=target_recall)
+    scorer.bank.selection_report = report.model_dump(mode="json") if report else None
     out = scorer.save(out)
     references = ReferenceIndex.from_embedded(
         cat.name, scorer.bank.config, embedded, [s.sample_id for s in train], [str(s.path) for s in train],

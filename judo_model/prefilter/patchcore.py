@@ -228,6 +228,7 @@ class PatchCoreBank:
         self.calibration: Calibration | None = None
         self.cell_levels: CellLevels | None = None
         self.position_norm_report: dict | None = None
+        self.selection_report: dict | None = None
 
     # -- embedding -------------------------------------------------------------------
     @property
@@ -260,8 +261,7 @@ class PatchCoreBank:
         return self.fit_embedded(self.embed(rgb, "embed normal frames" if progress else None))
 
     def fresh_fit(self, embedded: Embedded) -> "PatchCoreBank":
-        """A new bank with this one's config and backbone, fitted on ``embedded`` (no cell levels:
-        its scores are raw distances)."""
+        """A new bank with this one's config and backbone, fitted on ``embedded`` (raw distances)."""
         bank = PatchCoreBank(self.config, self.embedder.extractor, self.product, self.camera)
         return bank.fit_embedded(embedded)
 
@@ -367,6 +367,7 @@ class PatchCoreBank:
             "coverage_radius": self.coverage_radius,
             "calibration": self.calibration.to_dict() if self.calibration else None,
             "position_norm": self.position_norm_report,
+            "selection": self.selection_report,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
 
@@ -390,7 +391,7 @@ class PatchCoreBank:
         bank.n_images = int(meta["n_images"])
         if meta.get("calibration"):
             bank.calibration = Calibration(**meta["calibration"])
-        bank.position_norm_report = meta.get("position_norm")
+        bank.position_norm_report, bank.selection_report = meta.get("position_norm"), meta.get("selection")
         if (Path(directory) / CELL_LEVELS_FILE).is_file():
             bank.cell_levels = CellLevels(np.load(Path(directory) / CELL_LEVELS_FILE, allow_pickle=False))
         elif (bank.position_norm_report or {}).get("used"):

@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from peft import PeftModel
 from tqdm import tqdm
 
 from judo_model.runtime.inputs import PromptOptions
@@ -50,15 +51,56 @@ class Curve:
         return {"stage": self.stage, "steps": self.steps, "values": self.values, "seconds": round(self.seconds, 1)}
 
 
+def language_model_parts(model) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(the Qwen2.5-VL body, its LM head) of ``model``, LoRA-wrapped or not (peft injects the adapters
+    in place, so the body of a :class:`PeftModel` runs them)."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    return base.model, base.lm_head
+
+
 def target_loss(model, batch) -> torch.Tensor:
     """Cross-entropy on the labelled (target) tokens, with the LM head applied to those only."""
     labels = batch["labels"]
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    hidden = model.model(**inputs).last_hidden_state
+    body, head = language_model_parts(model)
+    hidden = body(**inputs).last_hidden_state
     targets = labels[:, 1:]
     selected = targets != IGNORE_INDEX
-    logits = model.lm_head(hidden[:, :-1][selected])
+    logits = head(hidden[:, :-1][selected])
     return F.cross_entropy(logits.float(), targets[selected])
+
+
+class TargetLoss(torch.nn.Module):
+    """:func:`target_loss` as a module's forward, so a data-parallel wrapper (DDP) sees the call and
+    averages the gradients of the parameters it reaches."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, **batch) -> torch.Tensor:
+        return target_loss(self.model, batch)
+
+
+@dataclass
+class ParallelWorker:
+    """How :func:`train_on_pairs` runs as one of ``world_size`` data-parallel workers; the runner that
+    starts the workers fills it in (``pipelines/ray_training.py``: Ray Train), this module imports no
+    distributed runtime. Every worker draws the same batch (so the data stream is the single-process
+    one) and trains on its share ``rank::world_size``.
+
+    ``wrap`` wraps the loss module (in DDP; called first, it may move the model to the worker's device);
+    ``mean`` averages a worker's loss over the workers (for the curve); ``resume(model, optimizer, curve)``
+    restores what a checkpoint holds (the same on every worker) and returns the step to continue at (0 for
+    a fresh run; the batches before it are drawn again and dropped, so the data continues where it
+    stopped); ``report(step, loss, model, optimizer, curve)`` runs after every step (checkpointing)."""
+
+    rank: int
+    world_size: int
+    wrap: Callable[[torch.nn.Module], torch.nn.Module]
+    mean: Callable[[float], float]
+    resume: Callable[[torch.nn.Module, torch.optim.Optimizer, Curve], int]
+    report: Callable[[int, float, torch.nn.Module, torch.optim.Optimizer, Curve], None]
 
 
 def lr_at(step: int, stage: NoteStage | SegStage | SftStage) -> float:
@@ -107,8 +149,10 @@ def question_pairs(examples: list[Example], options: PromptOptions, evidence, st
 
 
 def train_on_pairs(model, processor, draw: Pairs, stage: NoteStage | SegStage | SftStage, name: str,
-                   encoder: CachedEncoder | None = None, on_step: Callable[[int, float], None] | None = None) -> Curve:
-    """Train ``model`` in place on ``stage.steps`` batches of (prompt, target) from ``draw``."""
+                   encoder: CachedEncoder | None = None, on_step: Callable[[int, float], None] | None = None,
+                   parallel: ParallelWorker | None = None) -> Curve:
+    """Train ``model`` in place on ``stage.steps`` batches of (prompt, target) from ``draw``; with
+    ``parallel``, as one data-parallel worker (:class:`ParallelWorker`). Batches go to the model's device."""
     encoder = encoder or CachedEncoder(processor)
     pad = processor.tokenizer.pad_token_id
     parameters = [p for p in model.parameters() if p.requires_grad]
@@ -117,22 +161,38 @@ def train_on_pairs(model, processor, draw: Pairs, stage: NoteStage | SegStage | 
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=stage.lr)
     curve = Curve(name)
+    loss_of = TargetLoss(model)
+    first = 0
+    if parallel is not None:
+        loss_of = parallel.wrap(loss_of)  # first: the wrapper may move the model to the worker's device
+        first = parallel.resume(model, optimizer, curve)
+        for _ in range(first):
+            draw(stage.batch_size)
+    device = parameters[0].device
     model.train()
     start = time.time()
-    bar = tqdm(range(stage.steps), desc=name, unit="step")
+    bar = tqdm(range(first, stage.steps), desc=name, unit="step", initial=first, total=stage.steps)
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, stage)
-        encoded = [encoder.encode(*pair) for pair in draw(stage.batch_size)]
-        loss = target_loss(model, collate_for_training(encoded, pad))
+        pairs = draw(stage.batch_size)
+        if parallel is not None:
+            pairs = pairs[parallel.rank::parallel.world_size]
+        batch = collate_for_training([encoder.encode(*pair) for pair in pairs], pad)
+        if device.type != "cpu":
+            batch = batch.to(device)
+        loss = loss_of(**batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, GRAD_CLIP)
         optimizer.step()
-        curve.add(step, loss=loss.item(), lr=optimizer.param_groups[0]["lr"])
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        value = loss.item() if parallel is None else parallel.mean(loss.item())
+        curve.add(step, loss=value, lr=optimizer.param_groups[0]["lr"])
+        bar.set_postfix(loss=f"{value:.3f}")
         if on_step:
-            on_step(step, loss.item())
+            on_step(step, value)
+        if parallel is not None:
+            parallel.report(step, value, model, optimizer, curve)
     curve.seconds = time.time() - start
     model.eval()
     return curve

@@ -231,7 +231,8 @@ class _Handler(BaseHTTPRequestHandler):
             if path in PAGES:
                 self._send(HTTPStatus.OK, (STATIC / "index.html").read_bytes(), "text/html; charset=utf-8")
             elif path == "/api/session":
-                self._json({"user": self.session.user, "role": self.session.role, "csrf": self.session.csrf})
+                self._json({"user": self.session.user, "role": self.session.role, "csrf": self.session.csrf,
+                            "may_send_feedback": self.session.may_send_feedback})
             elif path == "/api/verdicts":
                 after, limit = int(query.get("after", 0)), min(int(query.get("limit", 60)), 200)
                 if after < 0 or limit < 1:

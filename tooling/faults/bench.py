@@ -16,6 +16,7 @@ from judo_model.prefilter.features import BackboneConfig, PreprocessConfig
 from judo_model.prefilter.patchcore import PatchCoreConfig
 from pipelines.commands import SHIPPED_CHECKPOINT
 from pipelines.config import PipelineConfig
+from pipelines.metrics_http import local_token_file
 from pipelines.runner import Pipeline
 from tooling.demo import prepare_banks
 from tooling.faults.catalogue import FAULTS, Fault, FaultContext, FaultReport, FaultSettings
@@ -143,6 +144,7 @@ class FaultBench:
                      "replicas": {"min": 2, "max": 2}, "num_cpus": 0, "request_timeout_s": s.judo_timeout_s,
                      **judo_resources},
             "telemetry": {"trace_file": None},
+            "metrics": {"bearer_token_file": str(local_token_file())},
             **on_cluster,
         })
 

@@ -47,13 +47,19 @@ async function getJSON(url) {
   return response.json();
 }
 
-// Who is logged in, and the CSRF token every state-changing request echoes (tooling/dashboard/auth.py).
-const SESSION = { user: "", role: "", csrf: "" };
+// Who is logged in, the CSRF token every state-changing request echoes, and whether this role may send
+// feedback (tooling/dashboard/auth.py). A viewer's page has no feedback controls at all; the server refuses
+// a viewer's feedback with 403 anyway.
+const SESSION = { user: "", role: "", csrf: "", may_send_feedback: false };
 
 async function loadSession() {
   Object.assign(SESSION, await getJSON("/api/session"));
   document.getElementById("who").textContent = `${SESSION.user} · ${SESSION.role}`;
   document.body.dataset.role = SESSION.role;
+  if (!SESSION.may_send_feedback) {
+    const signature = document.querySelector("label.operator");
+    if (signature) signature.remove();  // the operator's name only signs feedback
+  }
 }
 
 async function logout() {
@@ -219,15 +225,17 @@ function verdictCard(card) {
       ...v.answers.map((a) => el("li", { text: `${a.question} → ${a.option || a.answer}` }))));
   }
   if (v.parse_error) article.append(el("p", { class: "parse-error", text: `output problems: ${v.parse_error}` }));
-  article.append(feedbackControls(article, v));
+  if (SESSION.may_send_feedback) article.append(feedbackControls(article, v));
   return article;
 }
 
 function startGallery() {
   const gallery = document.getElementById("gallery");
-  const operator = document.getElementById("operator");
-  operator.value = localStorage.getItem("judo-operator") || "";
-  operator.addEventListener("change", () => localStorage.setItem("judo-operator", operator.value.trim()));
+  const operator = document.getElementById("operator");  // absent from a viewer's page
+  if (operator) {
+    operator.value = localStorage.getItem("judo-operator") || "";
+    operator.addEventListener("change", () => localStorage.setItem("judo-operator", operator.value.trim()));
+  }
   const onlyDefects = document.getElementById("defects-only");
   onlyDefects.addEventListener("change", () => gallery.classList.toggle("defects-only", onlyDefects.checked));
   let lastSeq = 0;
