@@ -155,10 +155,12 @@ class FrameEmbedder:
     def __init__(self, config: PatchCoreConfig, extractor: FeatureExtractor | None = None):
         self.config = config
         if extractor is None or extractor.config != config.backbone:
+            # loading a backbone sets the process's thread counts to its config's; a given (shared)
+            # backbone leaves them to whoever loaded it: a service pins its own after loading
             extractor = FeatureExtractor(config.backbone)
+            faiss.omp_set_num_threads(config.backbone.threads)
         self.extractor = extractor
         self.preprocessor = Preprocessor(config.preprocess)
-        faiss.omp_set_num_threads(config.backbone.threads)
 
     def __call__(self, frames: Sequence[Frame], progress: str | None = None) -> Embedded:
         if len(frames) == 0:
