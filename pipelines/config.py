@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -149,34 +149,26 @@ class VllmSection(_Section):
         return self.model_dump(exclude={"python"})
 
 
-class HttpSection(_Section):
-    """JUDO's ad-hoc HTTP endpoint (``POST /judo``): off by default, and never without a bearer token."""
+class _TokenEndpoint(_Section):
+    """An HTTP endpoint guarded by a bearer token read by reference (environment variable or file, never
+    inline), optionally over HTTPS."""
 
-    enabled: bool = False
-    host: str = "127.0.0.1"
-    port: int = 8000
+    secret_name: ClassVar[str] = "bearer token"
     bearer_token: str | None = Field(None, repr=False, description="refused: use bearer_token_env or _file")
-    bearer_token_env: str | None = Field(None, description="environment variable holding the bearer token "
-                                         "(read in each replica; every node needs it)")
+    bearer_token_env: str | None = Field(None, description="environment variable holding the bearer token")
     bearer_token_file: Path | None = Field(None, description="file holding the bearer token (first line)")
-    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="larger request bodies get 413")
-    max_references: int = Field(8, ge=0, le=32, description="more reference images get 400")
-    max_questions: int = Field(16, ge=0, le=256, description="more questions get 400")
-    max_image_pixels: int = Field(16_000_000, ge=64, description="a larger image (query or reference) gets 400")
-    ssl_certfile: Path | None = Field(None, description="PEM certificate (chain): Serve's proxy then speaks HTTPS")
+    ssl_certfile: Path | None = Field(None, description="PEM certificate (chain): the endpoint then speaks HTTPS")
     ssl_keyfile: Path | None = Field(None, description="PEM private key of ssl_certfile")
-    proxy_location: Literal["HeadOnly", "EveryNode", "Disabled"] = Field(
-        "HeadOnly", description="where Serve runs its HTTP proxies; EveryNode needs one host per node (nodes "
-                                "sharing a machine would all bind host:port)")
+
+    def token_sources(self) -> list[str]:
+        """The fields the token is configured by: none or one (two are refused at validation)."""
+        return [s for s in ("bearer_token_env", "bearer_token_file") if getattr(self, s)]
 
     @model_validator(mode="after")
-    def _secure(self) -> "HttpSection":
+    def _token_by_reference(self) -> "_TokenEndpoint":
         if self.bearer_token:
-            raise ValueError(inline_secret_refusal("bearer_token", "HTTP bearer token"))
-        sources = [s for s in ("bearer_token_env", "bearer_token_file") if getattr(self, s)]
-        if self.enabled and not sources:
-            raise ValueError("enabled needs a bearer token: set bearer_token_env or bearer_token_file "
-                             "(the endpoint is never open without one)")
+            raise ValueError(inline_secret_refusal("bearer_token", self.secret_name))
+        sources = self.token_sources()
         if len(sources) > 1:
             raise ValueError(f"give the bearer token one way only (got {', '.join(sources)})")
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
@@ -185,7 +177,31 @@ class HttpSection(_Section):
 
     def token(self) -> str | None:
         """The bearer token from its environment variable or file (None: none configured)."""
-        return read_secret(env=self.bearer_token_env, file=self.bearer_token_file, what="judo.http bearer token")
+        return read_secret(env=self.bearer_token_env, file=self.bearer_token_file, what=self.secret_name)
+
+
+class HttpSection(_TokenEndpoint):
+    """JUDO's ad-hoc HTTP endpoint (``POST /judo``): off by default, and never without a bearer token
+    (``bearer_token_env`` is read in each replica: every node needs it)."""
+
+    secret_name: ClassVar[str] = "judo.http bearer token"
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="larger request bodies get 413")
+    max_references: int = Field(8, ge=0, le=32, description="more reference images get 400")
+    max_questions: int = Field(16, ge=0, le=256, description="more questions get 400")
+    max_image_pixels: int = Field(16_000_000, ge=64, description="a larger image (query or reference) gets 400")
+    proxy_location: Literal["HeadOnly", "EveryNode", "Disabled"] = Field(
+        "HeadOnly", description="where Serve runs its HTTP proxies; EveryNode needs one host per node (nodes "
+                                "sharing a machine would all bind host:port)")
+
+    @model_validator(mode="after")
+    def _enabled_needs_token(self) -> "HttpSection":
+        if self.enabled and not self.token_sources():
+            raise ValueError("enabled needs a bearer token: set bearer_token_env or bearer_token_file "
+                             "(the endpoint is never open without one)")
+        return self
 
     def serve_http_options(self) -> dict:
         """``serve.start(http_options=...)``: where to listen, and HTTPS when a certificate is given."""
@@ -257,45 +273,29 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class MetricsSection(_Section):
+class MetricsSection(_TokenEndpoint):
     """The Prometheus endpoint the pipeline serves (``/metrics``; names in docs/pipeline.md): on by default, and
-    never without a bearer token unless ``allow_unauthenticated_localhost`` says so for a scraper on this host."""
+    never without a bearer token unless ``allow_unauthenticated_localhost`` says so for a scraper on this host.
+    Prometheus reads the token's file with ``authorization.credentials_file``."""
 
+    secret_name: ClassVar[str] = "metrics bearer token"
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(9464, ge=0, le=65535, description="0 picks a free port (logged)")
-    bearer_token: str | None = Field(None, repr=False, description="refused: use bearer_token_env or _file")
-    bearer_token_env: str | None = Field(None, description="environment variable holding the token scrapers send "
-                                         "as Authorization: Bearer (read by the runner at start)")
-    bearer_token_file: Path | None = Field(None, description="file holding that token (first line); Prometheus "
-                                           "reads the same file with authorization.credentials_file")
-    ssl_certfile: Path | None = Field(None, description="PEM certificate (chain): /metrics is then served over HTTPS")
-    ssl_keyfile: Path | None = Field(None, description="PEM private key of ssl_certfile")
     allow_unauthenticated_localhost: bool = Field(
         False, description="serve /metrics with no token, for a scraper on this machine only: host must be a "
                            "loopback address, and no token may be configured")
 
     @model_validator(mode="after")
-    def _secure(self) -> "MetricsSection":
-        if self.bearer_token:
-            raise ValueError(inline_secret_refusal("bearer_token", "metrics bearer token"))
-        sources = [s for s in ("bearer_token_env", "bearer_token_file") if getattr(self, s)]
-        if len(sources) > 1:
-            raise ValueError(f"give the bearer token one way only (got {', '.join(sources)})")
-        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
-            raise ValueError("ssl_certfile and ssl_keyfile go together")
+    def _open_only_on_loopback(self) -> "MetricsSection":
         if self.allow_unauthenticated_localhost:
-            if sources:
-                raise ValueError(f"allow_unauthenticated_localhost and {sources[0]} exclude each other: "
-                                 "with a token configured, every scrape must send it")
+            if self.token_sources():
+                raise ValueError(f"allow_unauthenticated_localhost and {self.token_sources()[0]} exclude each "
+                                 "other: with a token configured, every scrape must send it")
             if not is_loopback(self.host):
                 raise ValueError(f"allow_unauthenticated_localhost needs a loopback host (127.0.0.1, ::1 or "
                                  f"localhost), got {self.host!r}: anywhere else /metrics needs a bearer token")
         return self
-
-    def token(self) -> str | None:
-        """The bearer token from its environment variable or file (None: none configured)."""
-        return read_secret(env=self.bearer_token_env, file=self.bearer_token_file, what="metrics bearer token")
 
     def required_token(self) -> str | None:
         """The token every scrape must send; None when disabled or under ``allow_unauthenticated_localhost``.
