@@ -1,23 +1,25 @@
 """``judo train --ray-workers N``: one supervised JUDO stage (note, seg or sft) as a Ray Train job.
 
-The training loop is ``judo_model``'s own (:func:`judo_model.training.pipeline.open_run`, the stage methods,
-:func:`judo_model.training.sft.train_on_pairs`); this module only gives it a
-:class:`judo_model.training.sft.ParallelWorker`:
+The training is ``judo_model``'s own (:func:`judo_model.training.pipeline.open_run`, the stage methods,
+:func:`judo_model.training.sft.train_on_pairs`: TRL's ``SFTTrainer``); inside a Ray Train worker
+``torch.distributed`` is initialised (gloo on CPU, NCCL on GPU: Ray Train's ``TorchConfig`` default), so the
+trainer wraps the model in DDP itself, every worker training on its slice of the batch every worker draws, and
+logs the loss averaged over the workers. This module gives it :class:`judo_model.training.sft.TrainerHooks`:
 
-* the loss module wrapped in DDP by ``ray.train.torch.prepare_model`` (gloo on CPU, NCCL on GPU: Ray Train's
-  ``TorchConfig`` default), each worker training on its share of the batch every worker draws;
-* the loss averaged over the workers (``torch.distributed.all_reduce``) for the curve;
-* every ``checkpoint_every`` steps a Ray Train checkpoint (``ray.train.report(..., checkpoint=...)``, rank 0's):
-  ``state.pt`` with the trainable weights (the LoRA adapters for the 3B/7B presets, every weight for ``tiny``),
-  the optimizer, the step and the curve so far;
-* on a start with the same run name and storage (a rerun after a crash or a preemption, or
-  Ray Train's own retries, ``FailureConfig``) ``ray.train.get_checkpoint()`` gives that state back: the weights
-  and optimizer are restored, the batches already trained are drawn again and dropped, and training continues
-  at the next step.
+* every ``checkpoint_every`` steps and after the last the trainer saves its checkpoint (the trainable weights:
+  the LoRA adapters for the 3B/7B presets, every weight for ``tiny``; optimizer, scheduler, step and log
+  history), and :class:`ReportCheckpoints` reports it as a Ray Train checkpoint (``ray.train.report``, rank 0's,
+  in ``checkpoint/``, as Ray's own ``RayTrainReportCallback`` lays it out, named by stage and step);
+* on a start with the same run name and storage (a rerun after a crash or a preemption, or Ray Train's own
+  retries, ``FailureConfig``) ``ray.train.get_checkpoint()`` gives that checkpoint back and the trainer resumes
+  from it: weights, optimizer, scheduler and curve restored, the batches already trained drawn again and
+  dropped, training continuing at the next step.
 
-The last checkpoint also holds ``model/``: the merged Hugging Face folder (processor, chat template and
-``judo_training.json``), which the driver copies to ``--out``. Every node must see the data folder, the
-``--base``/``--init`` folder and the storage at the same paths (a shared filesystem; docs/judo_training.md).
+Ray's ``prepare_trainer`` is not used: it only feeds Ray Data datasets to the trainer, and the stages draw
+their own batches. The last checkpoint also holds ``model/``: the merged Hugging Face folder (processor, chat
+template and ``judo_training.json``), which the driver copies to ``--out``. Every node must see the data
+folder, the ``--base``/``--init`` folder and the storage at the same paths (a shared filesystem;
+docs/judo_training.md).
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ import ray.train
 import torch
 import torch.distributed as dist
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer, get_device, prepare_model
+from ray.train.torch import TorchTrainer, get_device
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from cluster.ray_runtime import start_ray, stop_ray
 from judo_model.modeling import save_checkpoint
@@ -43,12 +47,13 @@ from judo_model.runtime.inputs import read_training_log
 from judo_model.training.evidence import prepare_evidence
 from judo_model.training.pipeline import TrainingLog, check_start, open_run, plot_curves
 from judo_model.training.recipe import Recipe
-from judo_model.training.sft import Curve, ParallelWorker
+from judo_model.training.sft import TrainerHooks, resumed_step
 
 #: The stages that run on Ray Train: the supervised ones (Stage 3, GRPO, runs in one process).
 RAY_STAGES = ("note", "seg", "sft")
-#: In a checkpoint: the training state, and (last checkpoint only) the merged model folder.
-STATE_FILE = "state.pt"
+#: In a checkpoint: the trainer's checkpoint folder (named as Ray's ``RayTrainReportCallback`` names it), and
+#: (last checkpoint only) the merged model folder.
+TRAINER_DIR = "checkpoint"
 MODEL_DIR = "model"
 
 
@@ -72,68 +77,39 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 class RayTrainWorker:
-    """One Ray Train worker's :class:`ParallelWorker`: DDP, the averaged loss, checkpoints in and out."""
+    """One Ray Train worker's :class:`TrainerHooks`: the trainer's checkpoints reported to Ray Train, the run
+    resumed from its latest. ``scratch``: this worker's local folder for the trainer's checkpoints."""
 
-    def __init__(self, stage: str, checkpoint_every: int):
+    def __init__(self, stage: str, checkpoint_every: int, scratch: Path):
         context = ray.train.get_context()
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
         self.stage, self.every = stage, max(1, checkpoint_every)
         self.device = get_device()
-        self.checkpoint = ray.train.get_checkpoint()
-        self.optimizer: torch.optim.Optimizer | None = None  # the stage's, kept for the last checkpoint
-        self.resumed_at = 0
+        self.output_dir = scratch / "trainer"
+        checkpoint = ray.train.get_checkpoint()
+        self.resume_from = self.restore(checkpoint, scratch / "resumed")
+        self.resumed_at = resumed_step(self.resume_from)
+        if checkpoint is not None:
+            print(f"{self.stage}: resuming at step {self.resumed_at} from {checkpoint.path}", flush=True)
 
-    def hooks(self) -> ParallelWorker:
-        return ParallelWorker(self.rank, self.world_size, wrap=self.wrap, mean=self.mean, resume=self.resume,
-                              report=self.report)
-
-    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
-        # a full-weight tiny model trains its vision tower, which text-only batches (Stage 0 notes) never reach
-        vision_trains = any(p.requires_grad for name, p in module.named_parameters() if ".visual." in name)
-        return prepare_model(module, parallel_strategy_kwargs={"find_unused_parameters": vision_trains})
-
-    def mean(self, value: float) -> float:
-        if self.world_size == 1:
-            return value
-        total = torch.tensor([value], dtype=torch.float64, device=self.device)
-        dist.all_reduce(total)
-        return total.item() / self.world_size
-
-    def resume(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, curve: Curve) -> int:
-        """Restore the latest checkpoint's weights, optimizer and curve; the step to continue at."""
-        self.optimizer = optimizer
-        if self.checkpoint is None:
-            return 0
-        with self.checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
-        if state["stage"] != self.stage:
-            raise ValueError(f"the run's last checkpoint is of stage {state['stage']!r}, not {self.stage!r}: "
+    def restore(self, checkpoint: ray.train.Checkpoint | None, folder: Path) -> str | None:
+        """The trainer checkpoint in the run's latest Ray Train checkpoint, copied to ``folder`` (None: a fresh run)."""
+        if checkpoint is None:
+            return None
+        stage = checkpoint.get_metadata().get("stage")
+        if stage != self.stage:
+            raise ValueError(f"the run's last checkpoint is of stage {stage!r}, not {self.stage!r}: "
                              "give this stage its own --ray-run-name")
-        parameters = dict(model.named_parameters())
-        if set(state["weights"]) != {name for name, p in parameters.items() if p.requires_grad}:
-            raise ValueError("the checkpoint's trained weights are not this model's (another preset or base?)")
-        with torch.no_grad():
-            for name, value in state["weights"].items():
-                parameters[name].copy_(value)
-        optimizer.load_state_dict(state["optimizer"])
-        curve.steps.extend(state["curve"]["steps"])
-        for name, values in state["curve"]["values"].items():
-            curve.values.setdefault(name, []).extend(values)
-        print(f"{self.stage}: resumed at step {state['step']} from {self.checkpoint.path}", flush=True)
-        self.resumed_at = int(state["step"])
-        return self.resumed_at
+        checkpoint.to_directory(folder)
+        return str(folder / TRAINER_DIR)
 
-    def state(self, done: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, curve: Curve) -> dict:
-        return {"stage": self.stage, "step": done, "weights": trainable_state(model),
-                "optimizer": optimizer.state_dict(), "curve": curve.as_dict()}
+    def hooks(self) -> TrainerHooks:
+        return TrainerHooks(str(self.output_dir), self.every, callbacks=[ReportCheckpoints(self)],
+                            resume_from=self.resume_from)
 
-    def report(self, step: int, loss: float, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               curve: Curve) -> None:
-        done = step + 1
-        if done % self.every == 0:
-            self.publish({"stage": self.stage, "step": done, "loss": loss},
-                         lambda folder: torch.save(self.state(done, model, optimizer, curve), folder / STATE_FILE),
-                         f"{self.stage}-step{done:06d}")
+    def trainer_checkpoint(self, step: int) -> Path:
+        """The trainer's checkpoint folder of ``step`` (rank 0's: the others save only their random state)."""
+        return self.output_dir / f"{PREFIX_CHECKPOINT_DIR}-{step}"
 
     def check_in_sync(self, model: torch.nn.Module) -> None:
         """Raise unless every worker holds the same trained weights (DDP averaged their gradients)."""
@@ -160,34 +136,52 @@ class RayTrainWorker:
             return
         with tempfile.TemporaryDirectory() as folder:
             write(Path(folder))
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
-                             checkpoint_dir_name=name)
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+            checkpoint.set_metadata({"stage": self.stage})
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+
+
+class ReportCheckpoints(TrainerCallback):
+    """Each checkpoint the trainer saves, reported to Ray Train (Ray's ``RayTrainReportCallback`` reports every
+    worker's copy under a generated name; this one rank 0's, named ``<stage>-step<step>``)."""
+
+    def __init__(self, worker: RayTrainWorker):
+        self.worker = worker
+
+    def on_save(self, args, state, control, **kwargs):
+        step = state.global_step
+        losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
+        self.worker.publish({"stage": self.worker.stage, "step": step, "loss": losses[-1] if losses else None},
+                            lambda folder: shutil.copytree(self.worker.trainer_checkpoint(step), folder / TRAINER_DIR),
+                            f"{self.worker.stage}-step{step:06d}")
 
 
 def train_worker(config: dict) -> None:
     """Ray Train's loop per worker: open the run, train the stage as one data-parallel worker, report the
     merged model (rank 0)."""
     stage = config["stage"]
-    worker = RayTrainWorker(stage, config["checkpoint_every"])
-    run, log = open_run(config["data"], config["out"], stage, Recipe.from_dict(config["recipe"]), config["init"],
-                        config["train_file"], config["preset"], config["base"], parallel=worker.hooks())
-    started = time.time()
-    curve = getattr(run, stage)()
-    if curve is None:
-        raise ValueError(f"the recipe skips stage {stage!r}: nothing to train")
-    curve.seconds = time.time() - started  # this job's seconds (a resumed run counts its own)
-    log.stages.append(curve.as_dict())
-    worker.check_in_sync(run.model)
-    log.distributed = worker.record()
-    done = curve.steps[-1] + 1 if curve.steps else 0
+    with tempfile.TemporaryDirectory(prefix=f"judo-ray-{stage}-") as scratch:
+        worker = RayTrainWorker(stage, config["checkpoint_every"], Path(scratch))
+        run, log = open_run(config["data"], config["out"], stage, Recipe.from_dict(config["recipe"]),
+                            config["init"], config["train_file"], config["preset"], config["base"],
+                            hooks=worker.hooks())
+        started = time.time()
+        curve = getattr(run, stage)()
+        if curve is None:
+            raise ValueError(f"the recipe skips stage {stage!r}: nothing to train")
+        curve.seconds = time.time() - started  # this job's seconds (a resumed run counts its own)
+        log.stages.append(curve.as_dict())
+        worker.check_in_sync(run.model)
+        log.distributed = worker.record()
+        done = curve.steps[-1] + 1 if curve.steps else 0
 
-    def write(folder: Path) -> None:
-        torch.save(worker.state(done, run.model, worker.optimizer, curve), folder / STATE_FILE)
-        saved = save_checkpoint(run.model, run.processor, folder / MODEL_DIR)  # merges LoRA: last use of the adapter
-        log.write(saved)
+        def write(folder: Path) -> None:
+            shutil.copytree(worker.trainer_checkpoint(done), folder / TRAINER_DIR)  # saved after the last step
+            saved = save_checkpoint(run.model, run.processor, folder / MODEL_DIR)  # merges LoRA: last use of it
+            log.write(saved)
 
-    worker.publish({"stage": stage, "step": done, "loss": curve.values["loss"][-1] if curve.steps else None,
-                    "final": True}, write, f"{stage}-final{done:06d}")
+        worker.publish({"stage": stage, "step": done, "loss": curve.values["loss"][-1] if curve.steps else None,
+                        "final": True}, write, f"{stage}-final{done:06d}")
 
 
 def train_on_ray(data_dir: str | Path, out_dir: str | Path, stage: str = "sft", recipe: Recipe | None = None,
@@ -204,9 +198,9 @@ def train_on_ray(data_dir: str | Path, out_dir: str | Path, stage: str = "sft", 
         raise ValueError("the tiny preset starts a Ray Train job from a checkpoint (--init): every worker must "
                          "hold the same tokenizer")
     recipe = recipe or Recipe()
-    if getattr(recipe, stage).batch_size < options.workers:
+    if getattr(recipe, stage).batch_size % options.workers:
         raise ValueError(f"--{stage}-batch-size {getattr(recipe, stage).batch_size} is the global batch: "
-                         f"at least one row for each of the {options.workers} workers")
+                         f"the same number of rows for each of the {options.workers} workers")
     data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir).resolve()
     if recipe.evidence_route:  # once, here: the workers read the cached maps
         prepare_evidence(data_dir, progress=lambda c: print(f"evidence: {c}", flush=True))

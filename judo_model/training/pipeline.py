@@ -9,7 +9,7 @@ Qwen2.5-VL folder (``base``) and train LoRA adapters on the language model's pro
 float32 on CPU, gradient checkpointing), merged into the saved folder after each stage; a next stage puts
 fresh adapters on the merged weights. The data, prompts, evidence and losses are the same for every preset.
 ``pipelines/ray_training.py`` runs one supervised stage of this module as a Ray Train job (:func:`open_run`,
-:class:`judo_model.training.sft.ParallelWorker`).
+:class:`judo_model.training.sft.TrainerHooks`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from judo_model.training.evidence import load_evidence, prepare_evidence
 from judo_model.training.grpo import train_grpo_trl
 from judo_model.training.note_reading import NoteReadingSampler
 from judo_model.training.recipe import STAGES, Recipe
-from judo_model.training.sft import Curve, ParallelWorker, question_pairs, segmentation_pairs, train_on_pairs
+from judo_model.training.sft import Curve, TrainerHooks, question_pairs, segmentation_pairs, train_on_pairs
 
 #: Seed offset of the Stage 0 notes replayed in Stage 1 (its own sampler, so single-stage runs draw the same).
 REPLAY_SEED_OFFSET = 7
@@ -146,13 +146,13 @@ def note_batches(recipe: Recipe, examples: list[Example]):
 
 
 class Stages:
-    """One run's model and data; each method trains one stage in place (None: skipped). ``parallel`` makes
-    the supervised stages run as one data-parallel worker (``pipelines/ray_training.py``)."""
+    """One run's model and data; each method trains one stage in place (None: skipped). ``hooks`` (a runner's:
+    ``pipelines/ray_training.py``) checkpoint and resume the supervised stages' trainer."""
 
     def __init__(self, recipe: Recipe, examples: list[Example], evidence, model, processor, out_dir: Path,
-                 preset: str = "tiny", parallel: ParallelWorker | None = None):
+                 preset: str = "tiny", hooks: TrainerHooks | None = None):
         self.recipe, self.examples, self.evidence, self.out_dir = recipe, examples, evidence, out_dir
-        self.preset, self.parallel = preset, parallel
+        self.preset, self.hooks = preset, hooks
         self.reads_notes = route_shows_note(recipe.evidence_route)
         self.load(model, processor)
 
@@ -168,7 +168,7 @@ class Stages:
             print("note: skipped (the prompts carry no evidence note)")
             return None
         return train_on_pairs(self.model, self.processor, note_batches(self.recipe, self.examples), self.recipe.note,
-                              "note", encoder=self.encoder, parallel=self.parallel)
+                              "note", encoder=self.encoder, hooks=self.hooks, seed=self.recipe.seed)
 
     def seg(self) -> Curve | None:
         recipe = self.recipe
@@ -180,19 +180,19 @@ class Stages:
         draw = segmentation_pairs(self.examples, prompt_options(recipe, False), self.evidence, recipe.seg,
                                   recipe.seed, recipe.type_from_note, notes)
         return train_on_pairs(self.model, self.processor, draw, recipe.seg, "seg", encoder=self.encoder,
-                              parallel=self.parallel)
+                              hooks=self.hooks, seed=recipe.seed)
 
     def sft(self) -> Curve | None:
         recipe = self.recipe
         draw = question_pairs(self.examples, prompt_options(recipe, True), self.evidence, recipe.sft, recipe.seed + 1,
                               recipe.type_from_note)
         return train_on_pairs(self.model, self.processor, draw, recipe.sft, "sft", encoder=self.encoder,
-                              parallel=self.parallel)
+                              hooks=self.hooks, seed=recipe.seed)
 
     def grpo(self) -> Curve | None:
         if self.recipe.grpo.steps <= 0:
             return None
-        if not get_preset(self.preset).from_scratch or self.parallel is not None:
+        if not get_preset(self.preset).from_scratch or self.hooks is not None:
             raise ValueError("Stage 3 (GRPO) runs for the tiny preset in one process only (docs/judo_training.md, "
                              "JUDO at 3B/7B); pass --grpo-steps 0")
         if not Path(str(self.model.config._name_or_path)).is_dir():  # TRL builds its reference model from disk
@@ -216,7 +216,7 @@ def check_start(stage: str, preset: str, base: str | Path | None, init: str | Pa
 
 def open_run(data_dir: str | Path, out_dir: str | Path, stage: str = "all", recipe: Recipe | None = None,
              init: str | Path | None = None, train_file: str = "mmad_train.json", preset: str = "tiny",
-             base: str | Path | None = None, parallel: ParallelWorker | None = None) -> tuple[Stages, TrainingLog]:
+             base: str | Path | None = None, hooks: TrainerHooks | None = None) -> tuple[Stages, TrainingLog]:
     """A run's examples, evidence (prepared beforehand: :func:`prepare_evidence`), model and log.
 
     The model: ``init`` (a previous stage's checkpoint) when given, else ``tiny`` built from scratch or a
@@ -241,7 +241,7 @@ def open_run(data_dir: str | Path, out_dir: str | Path, stage: str = "all", reci
     else:
         model, processor = load_for_training(preset, base)
         log.model = model_record(preset, base)
-    return Stages(recipe, examples, evidence, model, processor, out_dir, preset, parallel), log
+    return Stages(recipe, examples, evidence, model, processor, out_dir, preset, hooks), log
 
 
 def train(data_dir: str | Path, out_dir: str | Path, stage: str = "all", recipe: Recipe | None = None,

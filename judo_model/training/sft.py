@@ -1,22 +1,33 @@
-"""The supervised stages (0 note reading, 1 juxtaposed segmentation, 2 domain-knowledge QA SFT).
+"""The supervised stages (0 note reading, 1 juxtaposed segmentation, 2 domain-knowledge QA SFT) on TRL's
+``SFTTrainer``.
 
-All three are next-token training on contract targets. The loss is computed on the target tokens
-only, and the language-model head runs on those positions only (the prompt holds most of the
-tokens, so this is the cheap way to train on CPU).
+All three are next-token training on contract targets. The stage's sampler draws one batch of (prompt, target)
+per optimizer step; :class:`CachedEncoder` and :func:`collate_for_training` turn it into model inputs (the
+trainer's collator: TRL neither tokenizes nor packs). The loss is computed on the target tokens only, and the
+language-model head runs on those positions only (the prompt holds most of the tokens, so this is the cheap way
+to train on CPU).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
-from peft import PeftModel
-from tqdm import tqdm
+from datasets import IterableDataset
+from datasets.iterable_dataset import ExamplesIterable
+from torch.optim.lr_scheduler import LambdaLR
+from transformers import ProgressCallback, TrainerCallback
+from transformers.trainer import TRAINER_STATE_NAME
+from trl import SFTConfig, SFTTrainer
 
 from judo_model.runtime.inputs import PromptOptions
 from judo_model.runtime.prompting import IGNORE_INDEX, JudoPrompt, collate_for_training
@@ -31,6 +42,7 @@ GRAD_CLIP = 1.0
 
 Pairs = Callable[[int], list[tuple[JudoPrompt, str]]]
 Notes = Callable[[], tuple[JudoPrompt, str]]
+SupervisedStage = NoteStage | SegStage | SftStage
 
 
 @dataclass
@@ -51,63 +63,38 @@ class Curve:
         return {"stage": self.stage, "steps": self.steps, "values": self.values, "seconds": round(self.seconds, 1)}
 
 
-def language_model_parts(model) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """(the Qwen2.5-VL body, its LM head) of ``model``, LoRA-wrapped or not (peft injects the adapters
-    in place, so the body of a :class:`PeftModel` runs them)."""
-    base = model.get_base_model() if isinstance(model, PeftModel) else model
-    return base.model, base.lm_head
+@dataclass
+class TrainerHooks:
+    """What a runner of data-parallel workers adds to a stage's trainer (``pipelines/ray_training.py``: Ray Train;
+    this module imports no distributed runtime; the trainer wraps the model in DDP when ``torch.distributed`` is
+    initialised). The trainer saves a checkpoint (weights, optimizer, scheduler, step, log history) in
+    ``output_dir`` every ``save_steps`` steps and after the last; ``callbacks`` see each save; ``resume_from`` is
+    such a checkpoint to continue from."""
+
+    output_dir: str
+    save_steps: int
+    callbacks: list[TrainerCallback] = field(default_factory=list)
+    resume_from: str | None = None
+
+
+def lr_factor(step: int, stage: SupervisedStage) -> float:
+    """The share of ``stage.lr`` at optimizer step ``step`` (0-based): linear warm-up, then cosine."""
+    if step < WARMUP:
+        return (step + 1) / WARMUP
+    progress = (step - WARMUP) / max(1, stage.steps - WARMUP)
+    return stage.min_lr_ratio + (1 - stage.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def target_loss(model, batch) -> torch.Tensor:
-    """Cross-entropy on the labelled (target) tokens, with the LM head applied to those only."""
+    """Cross-entropy on the labelled (target) tokens, with the LM head applied to those only (the model's
+    ``logits_to_keep`` mask), through the model's own forward (so a DDP wrapper sees the call)."""
     labels = batch["labels"]
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    body, head = language_model_parts(model)
-    hidden = body(**inputs).last_hidden_state
     targets = labels[:, 1:]
     selected = targets != IGNORE_INDEX
-    logits = head(hidden[:, :-1][selected])
+    keep = F.pad(selected, (0, 1), value=False)  # position i predicts token i + 1
+    logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
     return F.cross_entropy(logits.float(), targets[selected])
-
-
-class TargetLoss(torch.nn.Module):
-    """:func:`target_loss` as a module's forward, so a data-parallel wrapper (DDP) sees the call and
-    averages the gradients of the parameters it reaches."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, **batch) -> torch.Tensor:
-        return target_loss(self.model, batch)
-
-
-@dataclass
-class ParallelWorker:
-    """How :func:`train_on_pairs` runs as one of ``world_size`` data-parallel workers; the runner that
-    starts the workers fills it in (``pipelines/ray_training.py``: Ray Train), this module imports no
-    distributed runtime. Every worker draws the same batch (so the data stream is the single-process
-    one) and trains on its share ``rank::world_size``.
-
-    ``wrap`` wraps the loss module (in DDP; called first, it may move the model to the worker's device);
-    ``mean`` averages a worker's loss over the workers (for the curve); ``resume(model, optimizer, curve)``
-    restores what a checkpoint holds (the same on every worker) and returns the step to continue at (0 for
-    a fresh run; the batches before it are drawn again and dropped, so the data continues where it
-    stopped); ``report(step, loss, model, optimizer, curve)`` runs after every step (checkpointing)."""
-
-    rank: int
-    world_size: int
-    wrap: Callable[[torch.nn.Module], torch.nn.Module]
-    mean: Callable[[float], float]
-    resume: Callable[[torch.nn.Module, torch.optim.Optimizer, Curve], int]
-    report: Callable[[int, float, torch.nn.Module, torch.optim.Optimizer, Curve], None]
-
-
-def lr_at(step: int, stage: NoteStage | SegStage | SftStage) -> float:
-    if step < WARMUP:
-        return stage.lr * (step + 1) / WARMUP
-    progress = (step - WARMUP) / max(1, stage.steps - WARMUP)
-    return stage.lr * (stage.min_lr_ratio + (1 - stage.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def _image_pair(options: PromptOptions, evidence, rng: random.Random, type_from_note: bool,
@@ -148,51 +135,174 @@ def question_pairs(examples: list[Example], options: PromptOptions, evidence, st
     return lambda size: [pair(sampler()) for _ in range(size)]
 
 
-def train_on_pairs(model, processor, draw: Pairs, stage: NoteStage | SegStage | SftStage, name: str,
+class DrawnBatches:
+    """The stage's batches as one stream of rows: batch ``step`` is the ``step``-th ``draw(batch_size)``, for
+    steps ``first`` to ``steps - 1`` (the batches before ``first`` are drawn and dropped, so a resumed run
+    continues the data where it stopped). Drawn once each; the latest is kept, because the trainer reads the
+    first row before training (TRL's dataset inspection) and the stream starts again."""
+
+    def __init__(self, draw: Pairs, batch_size: int, steps: int, first: int = 0):
+        self.draw, self.batch_size, self.first, self.steps = draw, batch_size, first, steps
+        for _ in range(first):
+            draw(batch_size)
+        self.drawn, self.latest = first, []
+
+    def batch(self, step: int) -> list[tuple[JudoPrompt, str]]:
+        if step == self.drawn - 1:
+            return self.latest
+        if step != self.drawn:
+            raise RuntimeError(f"batch {step} asked after batch {self.drawn - 1}: the batches are drawn once, in order")
+        self.latest, self.drawn = self.draw(self.batch_size), self.drawn + 1
+        return self.latest
+
+    def rows(self):
+        for step in range(self.first, self.steps):
+            for row, (prompt, target) in enumerate(self.batch(step)):
+                yield f"{step}-{row}", {"prompt": prompt, "target": target}
+
+    def dataset(self) -> IterableDataset:
+        return IterableDataset(ExamplesIterable(self.rows, {}))
+
+
+class TargetLossTrainer(SFTTrainer):
+    """TRL's ``SFTTrainer`` with :func:`target_loss`, weight decay on the matrices only (every parameter of two
+    or more dimensions, as the previous loop did: Hugging Face's default groups by name) and the stage's
+    schedule (:func:`lr_factor`; Hugging Face's cosine warm-up starts at 0 instead of ``lr / WARMUP``)."""
+
+    loss_is_scaled_for_ga = False  # a mean over the batch; no gradient accumulation
+
+    def __init__(self, *args, schedule: Callable[[int], float], **kwargs):
+        self.schedule = schedule
+        super().__init__(*args, **kwargs)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if return_outputs:
+            raise NotImplementedError("the target loss has no outputs to return (no evaluation)")
+        return target_loss(model, inputs)
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        return [name for name, p in model.named_parameters() if p.ndim >= 2]
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        if self.lr_scheduler is None:
+            self.lr_scheduler = LambdaLR(optimizer or self.optimizer, self.schedule)
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+
+class CurveCallback(TrainerCallback):
+    """Fills the stage's :class:`Curve` with each step's loss (averaged over the workers) and learning rate;
+    a resumed run starts from the steps its checkpoint logged."""
+
+    def __init__(self, curve: Curve, stage: SupervisedStage, on_step: Callable[[int, float], None] | None):
+        self.curve, self.stage, self.on_step = curve, stage, on_step
+
+    def add(self, step: int, loss: float) -> None:
+        self.curve.add(step, loss=loss, lr=self.stage.lr * lr_factor(step, self.stage))
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        for entry in state.log_history:
+            if "loss" in entry:
+                self.add(entry["step"] - 1, entry["loss"])
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.add(state.global_step - 1, logs["loss"])
+            if self.on_step:
+                self.on_step(state.global_step - 1, logs["loss"])
+
+
+class StageProgress(ProgressCallback):
+    """Hugging Face's progress bar, named by the stage, with the loss in the bar instead of a line per step."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        if self.training_bar is not None:
+            self.training_bar.set_description(self.name)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs:
+            self.training_bar.set_postfix(loss=f"{logs['loss']:.3f}")
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def resumed_step(checkpoint: str | Path | None) -> int:
+    """The optimizer steps a trainer checkpoint holds (0: none)."""
+    if checkpoint is None:
+        return 0
+    return int(json.loads((Path(checkpoint) / TRAINER_STATE_NAME).read_text())["global_step"])
+
+
+def train_on_pairs(model, processor, draw: Pairs, stage: SupervisedStage, name: str,
                    encoder: CachedEncoder | None = None, on_step: Callable[[int, float], None] | None = None,
-                   parallel: ParallelWorker | None = None) -> Curve:
-    """Train ``model`` in place on ``stage.steps`` batches of (prompt, target) from ``draw``; with
-    ``parallel``, as one data-parallel worker (:class:`ParallelWorker`). Batches go to the model's device."""
+                   hooks: TrainerHooks | None = None, seed: int = 0) -> Curve:
+    """Train ``model`` in place on ``stage.steps`` batches of (prompt, target) from ``draw``.
+
+    Under ``torch.distributed`` (a runner's ``hooks``) every worker draws the same batches and trains on its own
+    contiguous slice of each (Accelerate's shard of the stream; ``stage.batch_size`` stays the global batch).
+    Without ``hooks`` nothing is saved."""
+    workers = world_size()
+    if stage.batch_size % workers:
+        raise ValueError(f"the {name} batch of {stage.batch_size} does not split evenly over {workers} workers")
     encoder = encoder or CachedEncoder(processor)
     pad = processor.tokenizer.pad_token_id
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in parameters if p.ndim >= 2]
-    no_decay = [p for p in parameters if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=stage.lr)
-    curve = Curve(name)
-    loss_of = TargetLoss(model)
-    first = 0
-    if parallel is not None:
-        loss_of = parallel.wrap(loss_of)  # first: the wrapper may move the model to the worker's device
-        first = parallel.resume(model, optimizer, curve)
-        for _ in range(first):
-            draw(stage.batch_size)
-    device = parameters[0].device
-    model.train()
-    start = time.time()
-    bar = tqdm(range(first, stage.steps), desc=name, unit="step", initial=first, total=stage.steps)
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, stage)
-        pairs = draw(stage.batch_size)
-        if parallel is not None:
-            pairs = pairs[parallel.rank::parallel.world_size]
-        batch = collate_for_training([encoder.encode(*pair) for pair in pairs], pad)
-        if device.type != "cpu":
-            batch = batch.to(device)
-        loss = loss_of(**batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, GRAD_CLIP)
-        optimizer.step()
-        value = loss.item() if parallel is None else parallel.mean(loss.item())
-        curve.add(step, loss=value, lr=optimizer.param_groups[0]["lr"])
-        bar.set_postfix(loss=f"{value:.3f}")
-        if on_step:
-            on_step(step, value)
-        if parallel is not None:
-            parallel.report(step, value, model, optimizer, curve)
-    curve.seconds = time.time() - start
-    model.eval()
+    resume_from = hooks.resume_from if hooks else None
+    batches = DrawnBatches(draw, stage.batch_size, stage.steps, first=resumed_step(resume_from))
+    vision_trains = any(p.requires_grad for n, p in model.named_parameters() if ".visual." in n)
+    with tempfile.TemporaryDirectory(prefix=f"judo-{name}-") as scratch:  # the trainer's folder, unused in one process
+        config = SFTConfig(
+            output_dir=hooks.output_dir if hooks else scratch,
+            max_steps=stage.steps,
+            per_device_train_batch_size=stage.batch_size // workers,
+            gradient_accumulation_steps=1,
+            learning_rate=stage.lr,
+            weight_decay=WEIGHT_DECAY,
+            optim="adamw_torch",
+            max_grad_norm=GRAD_CLIP,
+            use_cpu=not torch.cuda.is_available(),
+            bf16=next(model.parameters()).dtype == torch.bfloat16,  # the 3B/7B presets on CUDA (training_dtype)
+            fp16=False,
+            activation_checkpointing=False,  # the 3B/7B presets' models come with it enabled (load_for_training)
+            ddp_find_unused_parameters=vision_trains,  # text-only rows (notes) leave a trained vision tower unused
+            average_tokens_across_devices=False,
+            dataset_kwargs={"skip_prepare_dataset": True},
+            remove_unused_columns=False,
+            packing=False,
+            padding_free=False,
+            dataloader_num_workers=0,
+            ignore_data_skip=True,  # DrawnBatches skips a resumed run's batches without encoding them
+            logging_steps=1,
+            save_strategy="steps" if hooks else "no",
+            save_steps=hooks.save_steps if hooks else 1,
+            save_total_limit=1,
+            report_to=[],
+            seed=seed,
+            disable_tqdm=False,
+        )
+        curve = Curve(name)
+        threads = torch.get_num_threads()
+        trainer = TargetLossTrainer(
+            model=model,
+            args=config,
+            train_dataset=batches.dataset(),
+            data_collator=lambda rows: collate_for_training([encoder.encode(r["prompt"], r["target"]) for r in rows],
+                                                            pad),
+            processing_class=processor,
+            callbacks=[CurveCallback(curve, stage, on_step), *(hooks.callbacks if hooks else [])],
+            schedule=lambda step: lr_factor(step, stage),
+        )
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(StageProgress(name))
+        torch.set_num_threads(threads)  # Accelerate sets its own on a multi-CPU run without OMP_NUM_THREADS
+        start = time.time()
+        trainer.train(resume_from_checkpoint=resume_from)
+        curve.seconds = time.time() - start
+        model.eval()
     return curve
