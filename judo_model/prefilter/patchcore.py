@@ -155,8 +155,7 @@ class FrameEmbedder:
     def __init__(self, config: PatchCoreConfig, extractor: FeatureExtractor | None = None):
         self.config = config
         if extractor is None or extractor.config != config.backbone:
-            # loading a backbone sets the process's thread counts to its config's; a given (shared)
-            # backbone leaves them to whoever loaded it: a service pins its own after loading
+            # loading sets the process's threads; a given backbone leaves them to its loader (a service pins its own)
             extractor = FeatureExtractor(config.backbone)
             faiss.omp_set_num_threads(config.backbone.threads)
         self.extractor = extractor
