@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # JUDO's two engines on one GPU: the transformers engine and the vLLM engine, on the shipped checkpoint
 # (benchmarks/engines.py: requests/s and p50/p99 per replica at concurrency 1, 16, 64) and on a randomly
-# initialised Qwen2.5-VL-7B-sized model (benchmarks/gpu_check.py: verdicts/s and tokens/s at batch 1, 8, 32).
+# initialised Qwen2.5-VL-7B-sized model (benchmarks/gpu_check.py: verdicts/s and tokens/s at batch 1, 8, 32),
+# and on that model the 7B preset's LoRA training steps and one generation (step seconds, peak GPU memory).
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR=runs/gpu_check]
 #
@@ -36,6 +37,7 @@ if [ -z "$gpu" ]; then
   skipped+=("vLLM engine on the shipped checkpoint: $why")
   skipped+=("transformers engine on a random Qwen2.5-VL-7B-sized model: $why")
   skipped+=("vLLM engine on a random Qwen2.5-VL-7B-sized model: $why")
+  skipped+=("LoRA training steps and a generation on a random Qwen2.5-VL-7B-sized model: $why")
   summary
   exit 0
 fi
@@ -46,7 +48,7 @@ engines=transformers
 if [ "$vllm_device" = cuda ]; then
   engines=transformers,vllm
 else
-  why="$PY has ${vllm_device:+only vLLM's $vllm_device build}${vllm_device:-no vLLM} (a GPU build comes with pip install .[gpu])"
+  why="$PY has ${vllm_device:+only the $vllm_device build of vLLM}${vllm_device:-no vLLM} (a GPU build comes with pip install .[gpu])"
   skipped+=("vLLM engine on the shipped checkpoint: $why")
   skipped+=("vLLM engine on a random Qwen2.5-VL-7B-sized model: $why")
 fi
@@ -59,4 +61,7 @@ for engine in ${engines//,/ }; do
     --model-dir "$OUT/qwen2.5-vl-7b-sized"
   ran+=("$engine engine on a random Qwen2.5-VL-7B-sized model: $OUT/7b_sized_$engine.json")
 done
+"$PY" benchmarks/gpu_check.py --train --device cuda --out "$OUT/7b_sized_lora_training.json" \
+  --model-dir "$OUT/qwen2.5-vl-7b-sized"
+ran+=("LoRA training steps (qwen2.5-vl-7b preset) and a generation on a random 7B-sized model: $OUT/7b_sized_lora_training.json")
 summary
