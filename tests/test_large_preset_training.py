@@ -6,7 +6,8 @@ untied embeddings, RMSNorm eps, Qwen's special tokens and chat template, bf16 we
 generation config) at a few layers and a small width, saved with the project's processor. Stage 2 (SFT)
 trains LoRA adapters on it as a Ray Train job of 2 CPU workers (DDP over gloo) for 4 steps; the same run
 (name and storage) started again for 6 steps resumes from its Ray Train checkpoint at step 4 and trains
-the last 2. The merged checkpoint then reloads in transformers,
+the last 2. Stage 3 (GRPO on TRL, fresh LoRA adapters) then runs 2 steps on the merged folder in one process.
+The merged checkpoint then reloads in transformers,
 answers frames through the pipeline's transformers engine, and loads and generates in vLLM's CPU build
 (the engine environment, skipped with the reason when it is missing, as in ``tests/test_vllm_engine.py``).
 """
@@ -52,6 +53,7 @@ TEXT = {"hidden_size": 224, "intermediate_size": 1184, "num_hidden_layers": 3, "
 QWEN_SAMPLING = {"do_sample": True, "temperature": 0.1, "top_p": 0.001, "top_k": 1, "repetition_penalty": 1.05}
 STEPS, RESUMED_STEPS = 4, 6
 REQUESTS, MAX_NEW_TOKENS = 3, 24
+GRPO_STEPS = 2
 
 
 def seven_b_like_config(tokenizer) -> Qwen2_5_VLConfig:
@@ -146,6 +148,24 @@ def test_merged_checkpoint_is_a_plain_qwen2_5_vl_folder_of_the_7b_architecture(t
     assert changed and all(adapted.fullmatch(key) for key in changed), sorted(changed)[:5]
     assert len({key.split(".")[-2] for key in changed}) == 7, "every adapted projection was merged"
     assert not any(key.startswith("visual.") for key in changed), "LoRA never touches the vision tower"
+
+
+def test_grpo_trains_fresh_lora_adapters_on_the_merged_checkpoint(trained, data_dir, tmp_path):  # noqa: F811
+    """Stage 3 for the 7B preset: TRL's GRPOTrainer on fresh LoRA adapters (the reference log-probabilities from
+    the adapters' starting copy, no second model), the three rewards logged, the result merged."""
+    _, resumed, _, _ = trained
+    out = tmp_path / "grpo"
+    assert main(["train", "--preset", PRESET, "--init", str(resumed), "--stage", "grpo", "--data", str(data_dir),
+                 "--out", str(out), "--grpo-steps", str(GRPO_STEPS), "--grpo-generations", "2",
+                 "--grpo-prompts-per-step", "1"]) == 0
+    stage = read_training_log(out)["stages"][-1]
+    assert stage["stage"] == "grpo" and len(stage["steps"]) == GRPO_STEPS
+    assert {"reward", "kl"} <= set(stage["values"]) and len(stage["values"]) >= 5  # the three rewards too
+    before, after = load_file(resumed / "model.safetensors"), load_file(out / "model.safetensors")
+    assert before.keys() == after.keys()
+    changed = {key for key in before if not torch.equal(before[key], after[key])}
+    adapted = re.compile(r"model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.weight")
+    assert changed and all(adapted.fullmatch(key) for key in changed), sorted(changed)[:5]
 
 
 def test_merged_checkpoint_answers_frames_through_the_transformers_engine(trained):

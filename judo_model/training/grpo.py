@@ -16,6 +16,7 @@ import random
 import time
 from functools import wraps
 
+import torch
 from datasets import Dataset
 from transformers import LogitsProcessorList
 from trl import GRPOConfig, GRPOTrainer
@@ -94,13 +95,15 @@ class GuidedGRPOTrainer(GRPOTrainer):
 
 def train_grpo_trl(model, processor, examples: list[Example], options: PromptOptions, evidence, stage: GrpoStage,
                    out_dir: str, seed: int = 0) -> Curve:
-    """Run guided GRPO on CPU for ``stage.steps`` steps; trains ``model`` in place."""
+    """Run guided GRPO for ``stage.steps`` steps; trains ``model`` in place. A LoRA model (the 3B/7B presets)
+    trains its adapters, TRL taking the reference log-probabilities with the adapters' starting copy; bf16
+    where its weights are (CUDA)."""
     rows = grpo_rows(examples, options, evidence, max(stage.steps * stage.prompts_per_step, stage.prompts_per_step),
                      seed)
     config = GRPOConfig(
         output_dir=out_dir,
-        use_cpu=True,
-        bf16=False,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=next(model.parameters()).dtype == torch.bfloat16,
         fp16=False,
         max_steps=stage.steps,
         per_device_train_batch_size=stage.generations * stage.prompts_per_step,
@@ -120,7 +123,7 @@ def train_grpo_trl(model, processor, examples: list[Example], options: PromptOpt
         dataloader_num_workers=0,
         seed=seed,
         disable_tqdm=False,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,  # a 3B/7B model comes with it enabled (load_for_training): kept
     )
     model.train()
     trainer = GuidedGRPOTrainer(

@@ -192,9 +192,9 @@ class Stages:
     def grpo(self) -> Curve | None:
         if self.recipe.grpo.steps <= 0:
             return None
-        if not get_preset(self.preset).from_scratch or self.hooks is not None:
-            raise ValueError("Stage 3 (GRPO) runs for the tiny preset in one process only (docs/judo_training.md, "
-                             "JUDO at 3B/7B); pass --grpo-steps 0")
+        if self.hooks is not None:
+            raise ValueError("Stage 3 (GRPO) runs in one process only (docs/judo_training.md, JUDO at 3B/7B); "
+                             "pass --grpo-steps 0")
         if not Path(str(self.model.config._name_or_path)).is_dir():  # TRL builds its reference model from disk
             saved = save_checkpoint(self.model, self.processor, self.out_dir / "stages" / "grpo_init")
             self.load(*load_checkpoint(saved))
