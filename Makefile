@@ -73,10 +73,11 @@ browser:
 clean-kafka:
 	-$(VENV)/bin/judo kafka down
 
-# Reproduce the shipped tiny JUDO checkpoint from scratch (synthetic data, prefilter evidence,
-# Stage 0 note -> Stage 1 seg -> Stage 2 SFT; Stage 3 GRPO is off in the shipped recipe). Torch threads
-# change the speed only (1 and 2 threads give byte-identical weights); use TRAIN_THREADS=1 when other
-# jobs share the cores, where spinning OpenMP threads make each step several times slower.
+# Retrain the tiny JUDO checkpoint from scratch with the shipped recipe (synthetic data, prefilter evidence,
+# Stage 0 note -> Stage 1 seg -> Stage 2 SFT on TRL's SFTTrainer; Stage 3 GRPO is off in the recipe); it
+# overwrites checkpoints/judo-tiny with weights that differ from the shipped ones (docs/judo_training.md,
+# "Stages 0-2 on TRL's SFTTrainer"). Use TRAIN_THREADS=1 when other jobs share the cores, where spinning
+# OpenMP threads make each step several times slower.
 JUDO_DATA ?= $(CACHE)/judo-train-data
 TRAIN_THREADS ?= 2
 train: install
